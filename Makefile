@@ -1,0 +1,50 @@
+# Two commands for a fresh Debian/Ubuntu machine: `make demo` and `make test`.
+# Both install what they need: system packages (Xvfb for a headless screen, Debian's
+# docker-compose to validate the compose file) and a local virtual environment in .venv.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+OUT    ?= demo-output
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SYSTEM_PACKAGES := xvfb xauth libgl1 libglu1-mesa libegl1 libxkbcommon-x11-0 \
+                   libxcb-cursor0 libasound2 fonts-dejavu-core docker-compose python3-venv
+# Run under a virtual screen unless there is a real one.
+XRUN   := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1280x1024x24")
+
+.PHONY: demo test system venv lint benchmark clean
+
+demo: system venv
+	$(XRUN) $(BIN)/rtserver demo --out $(OUT)
+
+test: system venv
+	$(BIN)/ruff check rtserver feedback_display tests benchmarks
+	$(XRUN) $(BIN)/python -m pytest -ra
+
+benchmark: venv
+	$(BIN)/python benchmarks/latency.py
+
+lint: venv
+	$(BIN)/ruff check rtserver feedback_display tests benchmarks
+
+system: .stamp-system
+.stamp-system:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[display,test]'
+	@touch $@
+
+clean:
+	rm -rf $(VENV) .stamp-system $(OUT) .pytest_cache .ruff_cache

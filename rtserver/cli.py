@@ -1,0 +1,299 @@
+"""The ``rtserver`` command: serve, send, replay, simulate, demo.
+
+Errors on bad input are one line on stderr (``rtserver: error: ...``) and a non-zero exit,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from rtserver import __version__
+from rtserver.config import DEFAULT_FEEDBACK, DEFAULT_RESULTS, DEFAULT_VOLUMES, load_config
+from rtserver.errors import InputError, RtfmriError
+
+log = logging.getLogger("rtserver")
+
+DESCRIPTION = """\
+Real-time fMRI neurofeedback of cortico-striatal drug-versus-food cue reactivity.
+
+  rtserver serve    --out DIR               run the server for one run
+  rtserver send     SOURCE                  scanner bridge: send a series to a server
+  rtserver replay   SOURCE --out DIR        serve + send in one command
+  rtserver simulate --out DIR ...           write a synthetic BIDS session with known truth
+  rtserver demo     --out DIR               simulate, serve, display and replay a session
+
+All addresses are ZeroMQ endpoints (tcp://host:port) and default to 127.0.0.1 only.
+"""
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``rtserver`` command."""
+    parser = argparse.ArgumentParser(
+        prog="rtserver", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rtserver {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every volume")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the server for one run",
+        description="Receive volumes from a scanner bridge, compute and publish feedback for "
+        "each, and record the run under --out. Ends after the bridge's last volume, after "
+        "--n-volumes, or on Ctrl-C / SIGTERM (everything received is flushed first).")
+    serve.add_argument("--out", required=True, type=Path, help="output folder of the run")
+    _add_run_options(serve)
+    serve.add_argument("--n-volumes", type=int, metavar="N",
+                       help="end the run after N volumes")
+    serve.add_argument("--volumes", metavar="ADDR", help=f"volume channel to bind "
+                       f"(default {DEFAULT_VOLUMES})")
+    _add_output_endpoints(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    send = commands.add_parser(
+        "send", help="scanner bridge: send a series to a server",
+        description="Read SOURCE (a 4D NIfTI, a folder of 3D NIfTI files, a folder of Siemens "
+        "mosaic DICOM files, or a recorded run folder) and send its volumes to a server, "
+        "paced at the TR unless told otherwise. Each volume is resent until acknowledged.")
+    send.add_argument("source", type=Path, metavar="SOURCE")
+    send.add_argument("--to", default=DEFAULT_VOLUMES, metavar="ADDR",
+                      help=f"the server's volume channel (default {DEFAULT_VOLUMES})")
+    _add_pacing(send)
+    send.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                      help="give up after S seconds without an acknowledgement (default 30)")
+    send.set_defaults(func=cmd_send)
+
+    replay = commands.add_parser(
+        "replay", help="serve + send in one command",
+        description="Replay a recorded session (or any SOURCE `send` reads) through the same "
+        "server code as a live session, writing the run's outputs under --out.")
+    replay.add_argument("source", type=Path, metavar="SOURCE")
+    replay.add_argument("--out", required=True, type=Path, help="output folder of the run")
+    _add_run_options(replay)
+    _add_pacing(replay, default_asap=False)
+    replay.add_argument("--volumes", metavar="ADDR", default="tcp://127.0.0.1:*",
+                        help="volume channel to bind (default: a free loopback port)")
+    _add_output_endpoints(replay)
+    replay.set_defaults(func=cmd_replay)
+
+    simulate = commands.add_parser(
+        "simulate", help="write a synthetic BIDS session with known ground truth",
+        description="Write a BIDS dataset of a simulated subject (or cohort): a brain-shaped "
+        "EPI phantom, block-design responses in cortico-striatal ROIs that follow the group, "
+        "noise and known head motion, plus the truth under derivatives/simulator.")
+    simulate.add_argument("--out", required=True, type=Path, help="BIDS dataset folder")
+    simulate.add_argument("--subject", default="01", help="subject label (default 01)")
+    simulate.add_argument("--group", choices=("patient", "control"), default="patient")
+    simulate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    simulate.add_argument("--cohort", metavar="P,C",
+                          help="simulate P patients and C controls instead of one subject")
+    simulate.add_argument("--paradigm", default="regulation",
+                          help="paradigm file or shipped name (default regulation)")
+    simulate.add_argument("--runs", type=int, default=1, help="runs per subject (default 1)")
+    simulate.add_argument("--shape", default="64,64,36", help="EPI matrix (default 64,64,36)")
+    simulate.add_argument("--voxel", type=float, default=3.5, help="voxel size, mm (3.5)")
+    simulate.set_defaults(func=cmd_simulate)
+
+    demo = commands.add_parser(
+        "demo", help="simulate, serve, display and replay a session",
+        description="Simulate a short session, start the server, the display and the scanner "
+        "bridge as separate processes, replay the session at an accelerated TR, and print "
+        "where the outputs and the display's screenshots are.")
+    demo.add_argument("--out", type=Path, default=Path("demo-output"),
+                      help="output folder (default demo-output)")
+    demo.add_argument("--speed", type=float, default=8.0,
+                      help="replay this many times faster than real time (default 8)")
+    demo.add_argument("--no-display", action="store_true", help="run without the display")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--roi", metavar="FILE",
+                        help="ROI label image in EPI space (with a .tsv of names beside it)")
+    parser.add_argument("--target", metavar="NAME", help="ROI that drives the feedback")
+    parser.add_argument("--paradigm", metavar="FILE",
+                        help="paradigm file or shipped name; its fixation blocks form the "
+                        "feedback baseline")
+    parser.add_argument("--subject", help="BIDS subject label of the outputs (default 01)")
+    parser.add_argument("--task", help="BIDS task label of the outputs (default regulation)")
+    parser.add_argument("--run", type=int, help="BIDS run number of the outputs (default 1)")
+    parser.add_argument("--wait-display", type=float, default=0.0, metavar="S",
+                        help="wait up to S seconds for a display to subscribe before "
+                        "taking volumes")
+
+
+def _add_output_endpoints(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--feedback", metavar="ADDR",
+                        help=f"feedback channel to bind (PUB, default {DEFAULT_FEEDBACK})")
+    parser.add_argument("--results", metavar="ADDR",
+                        help=f"results channel to bind (REP, default {DEFAULT_RESULTS})")
+
+
+def _add_pacing(parser: argparse.ArgumentParser, default_asap: bool = False) -> None:
+    pacing = parser.add_mutually_exclusive_group()
+    pacing.add_argument("--tr", type=float, metavar="S", help="send one volume every S seconds")
+    pacing.add_argument("--speed", type=float, metavar="X",
+                        help="send X times faster than the acquisition TR")
+    pacing.add_argument("--asap", action="store_true", default=default_asap,
+                        help="send as fast as the server acknowledges")
+
+
+# --------------------------------------------------------------------------- commands
+def _config_from(args: argparse.Namespace):
+    config = load_config(args.config)
+    return config.with_overrides(
+        network={"volumes": getattr(args, "volumes", None),
+                 "feedback": getattr(args, "feedback", None),
+                 "results": getattr(args, "results", None)},
+        run={"subject": args.subject, "task": args.task, "run": args.run},
+        roi={"mask": args.roi, "target": args.target},
+        feedback={"paradigm": args.paradigm},
+    )
+
+
+def _interval(args: argparse.Namespace, tr: float) -> float | None:
+    if args.asap:
+        return None
+    if args.tr is not None:
+        if args.tr <= 0:
+            raise InputError(f"--tr should be > 0 seconds. Got {args.tr}.")
+        return args.tr
+    if args.speed is not None:
+        if args.speed <= 0:
+            raise InputError(f"--speed should be > 0. Got {args.speed}.")
+        return tr / args.speed
+    return tr
+
+
+def _handle_signals(server) -> None:
+    def stop(signum: int, _frame: object) -> None:
+        log.info("received %s; finishing the run", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``rtserver serve``."""
+    from rtserver.server import Server
+
+    server = Server(_config_from(args), args.out, n_volumes=args.n_volumes,
+                    wait_display=args.wait_display)
+    _handle_signals(server)
+    server.start()
+    server.run()
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """``rtserver send``."""
+    from tqdm import tqdm
+
+    from rtserver.bridge import ScannerBridge
+    from rtserver.sources import open_source
+
+    source = open_source(args.source)
+    interval = _interval(args, source.tr)
+    log.info("sending %d volumes of %s (%s) to %s, %s", source.n_volumes, source.path,
+             source.kind, args.to,
+             "as fast as possible" if interval is None else f"one every {interval:g} s")
+    with ScannerBridge(args.to, timeout=args.timeout) as bridge, tqdm(
+        total=source.n_volumes, unit="vol", disable=None, desc="send", leave=False
+    ) as progress:
+        report = bridge.send_all(source, interval=interval, progress=progress)
+    log.info("sent %d volumes, %d acknowledged, %d resends, %d rejected", report.n_sent,
+             report.n_acknowledged, report.n_resent, len(report.rejected))
+    return 1 if report.rejected else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``rtserver replay``."""
+    from tqdm import tqdm
+
+    from rtserver.replay import output_prefix_from_source, replay
+    from rtserver.server import Server
+    from rtserver.sources import open_source
+
+    source = open_source(args.source)
+    entities = output_prefix_from_source(Path(source.path)) or {}
+    for key, value in entities.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    server = Server(_config_from(args), args.out, wait_display=args.wait_display)
+    _handle_signals(server)
+    interval = _interval(args, source.tr)
+    with tqdm(total=source.n_volumes, unit="vol", disable=None, desc="replay",
+              leave=False) as progress:
+        report, counters = replay(source, server, interval, progress=progress)
+    if counters is None:
+        return 1
+    log.info("replayed %d volumes into %s (%d duplicates dropped, %d rejected)",
+             counters.n_processed, args.out, counters.n_duplicates, len(report.rejected))
+    return 1 if report.rejected else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """``rtserver simulate``."""
+    from rtserver import simulate
+
+    try:
+        shape = tuple(int(n) for n in args.shape.split(","))
+    except ValueError:
+        raise InputError(f"--shape should be three integers like 64,64,36. Got {args.shape!r}.") from None
+    common = {"paradigm": args.paradigm, "shape": shape, "voxel_size": args.voxel,
+              "n_runs": args.runs}
+    if args.cohort:
+        try:
+            n_patients, n_controls = (int(n) for n in args.cohort.split(","))
+        except ValueError:
+            raise InputError(
+                f"--cohort should be two integers P,C like 10,10. Got {args.cohort!r}."
+            ) from None
+        simulate.simulate_cohort(args.out, n_patients, n_controls, args.seed, **common)
+    else:
+        simulate.simulate_subject(args.out, args.subject, args.group, args.seed,
+                                  progress=True, **common)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``rtserver demo``."""
+    from rtserver.demo import run_demo
+
+    return run_demo(args.out, speed=args.speed, display=not args.no_display)
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``rtserver`` command; return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="rtserver: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except RtfmriError as exc:
+        print("rtserver: error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"rtserver: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rtserver: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

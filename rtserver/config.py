@@ -1,0 +1,211 @@
+"""Typed run configuration, validated once at load.
+
+A config file is TOML with optional tables; anything left out keeps its default::
+
+    [network]
+    volumes = "tcp://127.0.0.1:5555"    # bridge -> server (ROUTER)
+    feedback = "tcp://127.0.0.1:5556"   # server -> display (PUB)
+    results = "tcp://127.0.0.1:5557"    # "the result for volume N" (REP)
+
+    [run]
+    subject = "01"
+    task = "regulation"
+    run = 1
+
+    [motion]
+    smoothing_fwhm = 5.0     # mm
+    subsample = 2            # use every n-th voxel in each axis for registration
+    max_iterations = 12
+    tolerance = 0.001        # mm (FD-style step size that stops Gauss-Newton)
+    fd_threshold = 0.5       # mm; volumes above it are censored
+
+    [roi]
+    mask = "path/to/space-EPI_desc-rois_dseg.nii.gz"  # labels in EPI space + .tsv of names
+    target = "ventral_striatum"
+
+    [feedback]
+    paradigm = "regulation"  # baseline volumes are the fixation blocks
+    baseline_volumes = 10    # without a paradigm: the first n volumes form the baseline
+    baseline_window = 30     # running baseline over the last n baseline volumes
+    hrf_delay = 4.0          # s: a volume's block is looked up hrf_delay seconds earlier
+    psc_range = 2.0          # % signal change mapped to the full bar (0.5 +- range)
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from rtserver.errors import ConfigError
+
+DEFAULT_VOLUMES = "tcp://127.0.0.1:5555"
+DEFAULT_FEEDBACK = "tcp://127.0.0.1:5556"
+DEFAULT_RESULTS = "tcp://127.0.0.1:5557"
+_ENDPOINT = re.compile(r"^(tcp://[^:\s]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """ZeroMQ endpoints the server binds."""
+
+    volumes: str = DEFAULT_VOLUMES
+    feedback: str = DEFAULT_FEEDBACK
+    results: str = DEFAULT_RESULTS
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """BIDS entities of the run's output files."""
+
+    subject: str = "01"
+    task: str = "regulation"
+    run: int = 1
+
+    @property
+    def prefix(self) -> str:
+        """``sub-<subject>_task-<task>_run-<run>``."""
+        return f"sub-{self.subject}_task-{self.task}_run-{self.run}"
+
+
+@dataclass(frozen=True)
+class MotionConfig:
+    """Settings of the incremental motion correction."""
+
+    smoothing_fwhm: float = 5.0
+    subsample: int = 2
+    max_iterations: int = 12
+    tolerance: float = 0.001
+    fd_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class RoiConfig:
+    """Where the ROIs come from and which one drives the feedback."""
+
+    mask: str | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """How the ROI signal becomes a feedback value."""
+
+    paradigm: str | None = None
+    baseline_volumes: int = 10
+    baseline_window: int = 30
+    hrf_delay: float = 4.0
+    psc_range: float = 2.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one run."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    roi: RoiConfig = field(default_factory=RoiConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as nested plain dicts (for the session JSON)."""
+        return {f.name: dict(vars(getattr(self, f.name))) for f in fields(self)}
+
+    def with_overrides(self, **sections: dict[str, Any]) -> Config:
+        """A copy with some fields replaced, e.g. ``with_overrides(run={"subject": "P01"})``.
+
+        ``None`` values are ignored, so unset command-line options keep the file's values.
+        """
+        changes = {}
+        for section, values in sections.items():
+            values = {k: v for k, v in values.items() if v is not None}
+            if values:
+                changes[section] = _build(type(getattr(self, section)),
+                                          {**vars(getattr(self, section)), **values}, section)
+        return validate(replace(self, **changes))
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML config file (``None`` gives the defaults).
+
+    Raises
+    ------
+    ConfigError
+        On a missing file, bad TOML, an unknown table or key, or a value of the wrong type.
+    """
+    if path is None:
+        return validate(Config())
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from None
+    sections = {f.name: f for f in fields(Config)}
+    unknown = set(raw) - set(sections)
+    if unknown:
+        raise ConfigError(f"{path}: unknown tables {sorted(unknown)}; known: {sorted(sections)}.")
+    built = {}
+    for name, value in raw.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: [{name}] should be a table.")
+        built[name] = _build(sections[name].default_factory, value, f"{path}: [{name}]")
+    return validate(Config(**built))
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}.")
+    defaults = cls()
+    for key, value in values.items():
+        expected = type(getattr(defaults, key))
+        if getattr(defaults, key) is None:
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{where}: '{key}' should be text. Got {value!r}.")
+            continue
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            raise ConfigError(
+                f"{where}: '{key}' should be of type {expected.__name__}. Got {value!r}."
+            )
+    return cls(**values)
+
+
+def validate(config: Config) -> Config:
+    """Check value ranges across the config; return it unchanged when valid."""
+    for name in ("volumes", "feedback", "results"):
+        endpoint = getattr(config.network, name)
+        if not _ENDPOINT.match(endpoint):
+            raise ConfigError(
+                f"[network] '{name}' should be a ZeroMQ endpoint like tcp://127.0.0.1:5555. "
+                f"Got {endpoint!r}."
+            )
+    if not re.fullmatch(r"[A-Za-z0-9]+", config.run.subject):
+        raise ConfigError(f"[run] 'subject' should be alphanumeric. Got {config.run.subject!r}.")
+    if not re.fullmatch(r"[A-Za-z0-9]+", config.run.task):
+        raise ConfigError(f"[run] 'task' should be alphanumeric. Got {config.run.task!r}.")
+    if config.run.run < 1:
+        raise ConfigError(f"[run] 'run' should be >= 1. Got {config.run.run}.")
+    motion = config.motion
+    checks = [
+        (motion.smoothing_fwhm >= 0, "[motion] 'smoothing_fwhm' should be >= 0"),
+        (motion.subsample >= 1, "[motion] 'subsample' should be >= 1"),
+        (motion.max_iterations >= 1, "[motion] 'max_iterations' should be >= 1"),
+        (motion.tolerance > 0, "[motion] 'tolerance' should be > 0"),
+        (motion.fd_threshold > 0, "[motion] 'fd_threshold' should be > 0"),
+        (config.feedback.baseline_volumes >= 1, "[feedback] 'baseline_volumes' should be >= 1"),
+        (config.feedback.baseline_window >= 1, "[feedback] 'baseline_window' should be >= 1"),
+        (config.feedback.hrf_delay >= 0, "[feedback] 'hrf_delay' should be >= 0"),
+        (config.feedback.psc_range > 0, "[feedback] 'psc_range' should be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message + ".")
+    return config

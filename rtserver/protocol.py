@@ -1,0 +1,437 @@
+"""Wire protocol v1: what crosses a socket, and the checks every message passes first.
+
+Three channels (see ``docs/protocol.md``):
+
+volume channel (bridge DEALER -> server ROUTER)
+    ``[header, voxels]`` for a volume, ``[header]`` for the end of a run. The header is a
+    UTF-8 JSON object; the voxels are the raw C-ordered array bytes, never pickled. The server
+    answers every message with one ``[reply]`` frame: an acknowledgement or an error.
+feedback channel (server PUB -> display SUB)
+    ``[topic, header]`` with topic ``b"feedback"``: one event per volume, and a final
+    ``run_end`` event.
+results channel (client REQ -> server REP)
+    ``[request]`` -> ``[reply]``: "the result for volume N", for late joiners.
+
+Every header carries ``"protocol": "rtfmri/1"``. Every field is validated before any buffer
+is interpreted; a violation raises :class:`~rtserver.errors.ProtocolError` whose message
+says which field, what was expected and what was got.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rtserver.errors import ProtocolError
+from rtserver.volume import Volume
+
+PROTOCOL = "rtfmri/1"
+FEEDBACK_TOPIC = b"feedback"
+MAX_HEADER_BYTES = 65536
+MAX_VOXELS = 512 * 512 * 512
+
+#: Voxel data types a volume may carry on the wire (numpy ``dtype.str`` spelling).
+ALLOWED_DTYPES = frozenset(
+    {"|u1", "|i1", "<u2", "<i2", ">u2", ">i2", "<u4", "<i4", ">u4", ">i4", "<f4", ">f4",
+     "<f8", ">f8"}
+)
+
+# Message types, by channel.
+VOLUME = "volume"
+END = "end"
+ACK = "ack"
+ERROR = "error"
+FEEDBACK = "feedback"
+RUN_END = "run_end"
+RESULT_REQUEST = "result_request"
+STATUS_REQUEST = "status_request"
+RESULT = "result"
+STATUS = "status"
+
+
+# --------------------------------------------------------------------------- helpers
+def _dumps(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _field(header: dict, name: str) -> Any:
+    if name not in header:
+        raise ProtocolError(f"Header is missing the field {name!r}.")
+    return header[name]
+
+
+def _int_field(header: dict, name: str, minimum: int = 0) -> int:
+    value = _field(header, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ProtocolError(
+            f"Header field {name!r} should be an integer >= {minimum}. Got {value!r}."
+        )
+    return value
+
+
+def _number_field(header: dict, name: str, *, positive: bool = False,
+                  optional: bool = False) -> float | None:
+    value = header.get(name) if optional else _field(header, name)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError(f"Header field {name!r} should be a finite number. Got {value!r}.")
+    if positive and value <= 0:
+        raise ProtocolError(f"Header field {name!r} should be > 0. Got {value!r}.")
+    return float(value)
+
+
+def parse_header(frame: bytes | memoryview, expected_types: Sequence[str]) -> dict:
+    """Decode and check the common part of a header frame.
+
+    Parameters
+    ----------
+    frame : bytes
+        The JSON header frame.
+    expected_types : sequence of str
+        Message types acceptable on this channel.
+
+    Returns
+    -------
+    dict
+        The decoded header.
+
+    Raises
+    ------
+    ProtocolError
+        If the frame is too large, not UTF-8 JSON, not an object, of another protocol
+        version, or of an unexpected type.
+    """
+    raw = bytes(frame)
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(
+            f"Header frame should be at most {MAX_HEADER_BYTES} bytes. Got {len(raw)} bytes."
+        )
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"Header frame should be UTF-8 JSON. Got undecodable bytes ({exc}).") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(
+            f"Header should be a JSON object. Got a JSON {type(header).__name__}."
+        )
+    version = header.get("protocol")
+    if version != PROTOCOL:
+        raise ProtocolError(f"Header field 'protocol' should be {PROTOCOL!r}. Got {version!r}.")
+    kind = header.get("type")
+    if kind not in expected_types:
+        raise ProtocolError(
+            f"Header field 'type' should be one of {sorted(expected_types)}. Got {kind!r}."
+        )
+    return header
+
+
+# --------------------------------------------------------------------------- volume channel
+def encode_volume(volume: Volume, t_sent: float | None = None) -> list:
+    """Encode a volume as ``[header, voxels]`` frames for ``send_multipart(copy=False)``.
+
+    Parameters
+    ----------
+    volume : Volume
+        The volume to send; its array is sent as C-ordered bytes without a copy when it
+        already is C-contiguous.
+    t_sent : float or None
+        Wall-clock time of sending (Unix seconds).
+
+    Returns
+    -------
+    list
+        Two frames: the JSON header (bytes) and the voxel buffer (memoryview).
+    """
+    data = np.ascontiguousarray(volume.data)
+    dtype = data.dtype.str
+    if dtype not in ALLOWED_DTYPES:
+        raise ProtocolError(
+            f"Voxel dtype should be one of {sorted(ALLOWED_DTYPES)}. Got {dtype!r}."
+        )
+    header = {
+        "protocol": PROTOCOL,
+        "type": VOLUME,
+        "index": volume.index,
+        "shape": list(data.shape),
+        "dtype": dtype,
+        "affine": volume.affine.tolist(),
+        "tr": volume.tr,
+        "t_acquired": volume.t_acquired,
+        "t_sent": t_sent,
+        "nbytes": int(data.nbytes),
+        "meta": volume.meta,
+    }
+    return [_dumps(header), memoryview(data).cast("B")]
+
+
+def decode_volume(frames: Sequence) -> tuple[Volume, dict]:
+    """Validate and decode ``[header, voxels]`` frames into a :class:`Volume`.
+
+    Every header field is checked before the voxel buffer is interpreted.
+
+    Parameters
+    ----------
+    frames : sequence of bytes-like or zmq.Frame
+        Exactly two frames.
+
+    Returns
+    -------
+    volume : Volume
+        A read-only view on the received buffer (no copy).
+    header : dict
+        The validated header.
+    """
+    if len(frames) != 2:
+        raise ProtocolError(
+            f"A volume message should have 2 frames (header, voxels). Got {len(frames)}."
+        )
+    header = parse_header(_bytes_of(frames[0]), [VOLUME])
+    header_volume_fields(header)
+    buffer = _buffer_of(frames[1])
+    if buffer.nbytes != header["nbytes"]:
+        raise ProtocolError(
+            f"Voxel frame should be {header['nbytes']} bytes (header 'nbytes'). "
+            f"Got {buffer.nbytes} bytes."
+        )
+    data = np.frombuffer(buffer, dtype=np.dtype(header["dtype"])).reshape(header["shape"])
+    volume = Volume(
+        data=data,
+        affine=header["affine"],
+        index=header["index"],
+        tr=header["tr"],
+        t_acquired=header.get("t_acquired"),
+        meta=header.get("meta") or {},
+    )
+    return volume, header
+
+
+def header_volume_fields(header: dict) -> None:
+    """Check every field of a volume header; raise :class:`ProtocolError` on the first bad one."""
+    _int_field(header, "index")
+    shape = _field(header, "shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape)
+    ):
+        raise ProtocolError(
+            f"Header field 'shape' should be a list of 3 positive integers. Got {shape!r}."
+        )
+    n_voxels = shape[0] * shape[1] * shape[2]
+    if n_voxels > MAX_VOXELS:
+        raise ProtocolError(
+            f"Header field 'shape' should hold at most {MAX_VOXELS} voxels. Got {n_voxels}."
+        )
+    dtype = _field(header, "dtype")
+    if dtype not in ALLOWED_DTYPES:
+        raise ProtocolError(
+            f"Header field 'dtype' should be one of {sorted(ALLOWED_DTYPES)}. Got {dtype!r}."
+        )
+    affine = _field(header, "affine")
+    try:
+        matrix = np.array(affine, dtype=np.float64)
+    except (TypeError, ValueError):
+        matrix = None
+    if (
+        matrix is None
+        or matrix.shape != (4, 4)
+        or not np.all(np.isfinite(matrix))
+        or not np.allclose(matrix[3], [0, 0, 0, 1])
+        or abs(np.linalg.det(matrix[:3, :3])) < 1e-12
+    ):
+        raise ProtocolError(
+            "Header field 'affine' should be an invertible 4x4 list of finite numbers with "
+            f"last row [0, 0, 0, 1]. Got {affine!r}."
+        )
+    _number_field(header, "tr", positive=True)
+    _number_field(header, "t_acquired", optional=True)
+    _number_field(header, "t_sent", optional=True)
+    nbytes = _int_field(header, "nbytes", minimum=1)
+    expected = n_voxels * np.dtype(dtype).itemsize
+    if nbytes != expected:
+        raise ProtocolError(
+            f"Header field 'nbytes' should be {expected} for shape {shape} and dtype {dtype}. "
+            f"Got {nbytes}."
+        )
+    meta = header.get("meta", {})
+    if meta is not None and not isinstance(meta, dict):
+        raise ProtocolError(f"Header field 'meta' should be a JSON object. Got {meta!r}.")
+
+
+def encode_end(n_volumes: int) -> list:
+    """Encode the bridge's end-of-run message: ``n_volumes`` were sent in all."""
+    return [_dumps({"protocol": PROTOCOL, "type": END, "n_volumes": int(n_volumes)})]
+
+
+def decode_end(header: dict) -> int:
+    """Return the number of volumes an end-of-run header announces."""
+    return _int_field(header, "n_volumes")
+
+
+def encode_reply(kind: str, index: int | None = None, **fields: Any) -> bytes:
+    """Encode a server reply on the volume channel (``ack`` or ``error``)."""
+    return _dumps({"protocol": PROTOCOL, "type": kind, "index": index, **fields})
+
+
+def decode_reply(frame: bytes) -> dict:
+    """Decode a server reply on the volume channel."""
+    return parse_header(frame, [ACK, ERROR])
+
+
+# --------------------------------------------------------------------------- feedback channel
+@dataclass
+class FeedbackEvent:
+    """What the server publishes for each volume.
+
+    Attributes
+    ----------
+    volume : int
+        0-based index of the volume this feedback is computed from.
+    value : float
+        The feedback in [0, 1] (0.5 is baseline).
+    censored : bool
+        True when the volume moved too much for its feedback to be trusted.
+    fd : float
+        Framewise displacement (mm, Power et al.).
+    rois : dict of str to float
+        Motion-corrected ROI means.
+    p_drug : float or None
+        The decoder's probability of drug-cue reactivity (None without a decoder).
+    decision : str or None
+        The decoder's label (None without a decoder).
+    t_received, t_published : float
+        Wall-clock times (Unix seconds) at which the volume was fully received and its
+        feedback published.
+    latency_ms : float
+        Received-to-published latency measured with a monotonic clock.
+    """
+
+    volume: int
+    value: float
+    censored: bool
+    fd: float
+    rois: dict = field(default_factory=dict)
+    p_drug: float | None = None
+    decision: str | None = None
+    t_received: float = 0.0
+    t_published: float = 0.0
+    latency_ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The event as a JSON-ready dict with the protocol header fields."""
+        return {"protocol": PROTOCOL, "type": FEEDBACK, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, header: dict) -> FeedbackEvent:
+        """Build an event from a validated header dict."""
+        volume = _int_field(header, "volume")
+        value = _number_field(header, "value")
+        if not 0.0 <= value <= 1.0:
+            raise ProtocolError(f"Header field 'value' should be in [0, 1]. Got {value!r}.")
+        censored = _field(header, "censored")
+        if not isinstance(censored, bool):
+            raise ProtocolError(f"Header field 'censored' should be true or false. Got {censored!r}.")
+        rois = header.get("rois", {})
+        if not isinstance(rois, dict):
+            raise ProtocolError(f"Header field 'rois' should be a JSON object. Got {rois!r}.")
+        return cls(
+            volume=volume,
+            value=value,
+            censored=censored,
+            fd=_number_field(header, "fd"),
+            rois=rois,
+            p_drug=_number_field(header, "p_drug", optional=True),
+            decision=header.get("decision"),
+            t_received=_number_field(header, "t_received"),
+            t_published=_number_field(header, "t_published"),
+            latency_ms=_number_field(header, "latency_ms"),
+        )
+
+
+def encode_feedback(event: FeedbackEvent) -> list:
+    """Encode a feedback event as ``[topic, header]`` frames for the PUB socket."""
+    return [FEEDBACK_TOPIC, _dumps(event.to_dict())]
+
+
+def encode_run_end(n_volumes: int) -> list:
+    """Encode the end-of-run event published after the last volume's feedback."""
+    return [FEEDBACK_TOPIC, _dumps({"protocol": PROTOCOL, "type": RUN_END,
+                                    "n_volumes": int(n_volumes)})]
+
+
+def decode_feedback(frames: Sequence) -> FeedbackEvent | int:
+    """Decode a feedback-channel message.
+
+    Returns
+    -------
+    FeedbackEvent or int
+        The event, or the run's volume count when the message is the end of the run.
+    """
+    if len(frames) != 2 or _bytes_of(frames[0]) != FEEDBACK_TOPIC:
+        raise ProtocolError(
+            f"A feedback message should have 2 frames, the first {FEEDBACK_TOPIC!r}. "
+            f"Got {len(frames)} frames."
+        )
+    header = parse_header(_bytes_of(frames[1]), [FEEDBACK, RUN_END])
+    if header["type"] == RUN_END:
+        return _int_field(header, "n_volumes")
+    return FeedbackEvent.from_dict(header)
+
+
+# --------------------------------------------------------------------------- results channel
+def encode_result_request(volume: int) -> bytes:
+    """Ask the results channel for the feedback of volume ``volume``."""
+    return _dumps({"protocol": PROTOCOL, "type": RESULT_REQUEST, "volume": int(volume)})
+
+
+def encode_status_request() -> bytes:
+    """Ask the results channel for the run's counters."""
+    return _dumps({"protocol": PROTOCOL, "type": STATUS_REQUEST})
+
+
+def decode_request(frame: bytes) -> dict:
+    """Validate a results-channel request."""
+    header = parse_header(frame, [RESULT_REQUEST, STATUS_REQUEST])
+    if header["type"] == RESULT_REQUEST:
+        _int_field(header, "volume")
+    return header
+
+
+def encode_result(event: FeedbackEvent) -> bytes:
+    """Answer a result request with the volume's feedback event."""
+    return _dumps({"protocol": PROTOCOL, "type": RESULT, "event": event.to_dict()})
+
+
+def encode_status(**counters: Any) -> bytes:
+    """Answer a status request with the run's counters."""
+    return _dumps({"protocol": PROTOCOL, "type": STATUS, **counters})
+
+
+def decode_response(frame: bytes) -> dict:
+    """Decode a results-channel reply (``result``, ``status`` or ``error``)."""
+    header = parse_header(frame, [RESULT, STATUS, ERROR])
+    if header["type"] == RESULT:
+        event = header.get("event")
+        if not isinstance(event, dict):
+            raise ProtocolError(f"Header field 'event' should be a JSON object. Got {event!r}.")
+        header["event"] = FeedbackEvent.from_dict(event)
+    return header
+
+
+# --------------------------------------------------------------------------- frame access
+def _bytes_of(frame: Any) -> bytes:
+    if hasattr(frame, "bytes"):  # zmq.Frame
+        return frame.bytes
+    return bytes(frame)
+
+
+def _buffer_of(frame: Any) -> memoryview:
+    if hasattr(frame, "buffer"):  # zmq.Frame, received with copy=False
+        return memoryview(frame.buffer).cast("B")
+    return memoryview(frame).cast("B")

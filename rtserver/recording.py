@@ -1,0 +1,194 @@
+"""Append-only recording of a run, on its own thread, flushed per volume.
+
+Files (BIDS derivatives style, prefix ``sub-<id>_task-<task>_run-<n>``):
+
+- ``_bold.nii.gz``: every volume as received, in order, in its original type and orientation.
+  While the run goes it is an uncompressed ``_bold.nii`` whose header's volume count is
+  rewritten after each volume, so it is a valid NIfTI at every moment (a crash loses nothing
+  received); at the end it is compressed to ``_bold.nii.gz``.
+- ``_desc-confounds_timeseries.tsv``: ``trans_x trans_y trans_z rot_x rot_y rot_z
+  framewise_displacement`` (mm, radians; fMRIPrep column names).
+- ``_desc-hmc_xfm.tsv``: each volume's rigid transform, reference -> volume, as the first three
+  rows of its 4x4 world (RAS, mm) matrix (12 numbers a row, row-major).
+- ``_desc-roi_timeseries.tsv``: one column per ROI.
+- ``_desc-feedback_timeseries.tsv``: ``volume value p_drug decision censored t_received
+  t_published latency_ms``.
+- ``_desc-session.json``: software version, configuration, decoder model card, counters;
+  written at the start and rewritten (atomically) at the end.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import queue
+import shutil
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import nibabel as nib
+import numpy as np
+
+from rtserver.protocol import FeedbackEvent
+from rtserver.rigid import PARAMETER_NAMES
+from rtserver.stages import MotionEstimate
+from rtserver.volume import Volume
+
+log = logging.getLogger(__name__)
+
+CONFOUND_COLUMNS = (*PARAMETER_NAMES, "framewise_displacement")
+FEEDBACK_COLUMNS = ("volume", "value", "p_drug", "decision", "censored", "t_received",
+                    "t_published", "latency_ms")
+XFM_COLUMNS = tuple(f"m{row}{col}" for row in range(3) for col in range(4))
+_DIM4_OFFSET = 40 + 2 * 4  # NIfTI-1 header: dim[0..7] int16 at byte 40; dim[4] at 48
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the recorder writes for one volume."""
+
+    volume: Volume
+    event: FeedbackEvent
+    motion: MotionEstimate
+    roi_values: np.ndarray
+
+
+class RunRecorder:
+    """Write a run's outputs as it goes, from a background thread.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Output folder (created).
+    prefix : str
+        BIDS prefix ``sub-<id>_task-<task>_run-<n>``.
+    session : dict
+        Contents of the session JSON (version, config, model card).
+    """
+
+    def __init__(self, out_dir: str | Path, prefix: str, session: dict[str, Any]) -> None:
+        self.out_dir = Path(out_dir)
+        self.prefix = prefix
+        self.session = dict(session)
+        self._queue: queue.Queue[Record | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._files: dict[str, IO[str]] = {}
+        self._bold: IO[bytes] | None = None
+        self._n_written = 0
+        self.error: BaseException | None = None
+
+    def path(self, suffix: str) -> Path:
+        """The output path ``<out_dir>/<prefix>_<suffix>``."""
+        return self.out_dir / f"{self.prefix}_{suffix}"
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, roi_names: list[str]) -> RunRecorder:
+        """Open the files, write the headers and start the writer thread."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._write_session(status="running")
+        columns = {
+            "desc-confounds_timeseries.tsv": CONFOUND_COLUMNS,
+            "desc-hmc_xfm.tsv": XFM_COLUMNS,
+            "desc-roi_timeseries.tsv": tuple(roi_names),
+            "desc-feedback_timeseries.tsv": FEEDBACK_COLUMNS,
+        }
+        for suffix, names in columns.items():
+            handle = self.path(suffix).open("w", encoding="utf-8", newline="")
+            handle.write("\t".join(names) + "\n")
+            handle.flush()
+            self._files[suffix] = handle
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+        return self
+
+    def put(self, record: Record) -> None:
+        """Queue one volume's record (never blocks the caller)."""
+        self._queue.put(record)
+
+    def close(self, **counters: Any) -> None:
+        """Write everything still queued, compress the BOLD file, finish the session JSON."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+        if self._bold is not None:
+            self._bold.close()
+            self._bold = None
+            self._compress_bold()
+        self._write_session(status="complete", n_volumes_recorded=self._n_written, **counters)
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            if record is None:
+                return
+            try:
+                self._write(record)
+            except Exception as exc:  # keep the server alive; report at close
+                log.exception("could not record volume %d", record.volume.index)
+                self.error = exc
+
+    def _write(self, record: Record) -> None:
+        event, motion = record.event, record.motion
+        self._append_bold(record.volume)
+        self._row("desc-confounds_timeseries.tsv",
+                  [*(f"{v:.6f}" for v in motion.params), f"{motion.fd:.6f}"])
+        self._row("desc-hmc_xfm.tsv", [f"{v:.8f}" for v in motion.matrix[:3].ravel()])
+        self._row("desc-roi_timeseries.tsv", [f"{v:.4f}" for v in record.roi_values])
+        self._row("desc-feedback_timeseries.tsv", [
+            str(event.volume), f"{event.value:.6f}",
+            "" if event.p_drug is None else f"{event.p_drug:.6f}",
+            "" if event.decision is None else str(event.decision),
+            "1" if event.censored else "0",
+            f"{event.t_received:.6f}", f"{event.t_published:.6f}", f"{event.latency_ms:.3f}",
+        ])
+        self._n_written += 1
+
+    def _row(self, suffix: str, values: list[str]) -> None:
+        handle = self._files[suffix]
+        handle.write("\t".join(values) + "\n")
+        handle.flush()
+
+    def _append_bold(self, volume: Volume) -> None:
+        if self._bold is None:
+            header = nib.Nifti1Header()
+            header.set_data_dtype(volume.data.dtype)
+            header.set_data_shape((*volume.shape, 1))
+            header.set_zooms((*volume.zooms, volume.tr))
+            header.set_xyzt_units("mm", "sec")
+            header.set_qform(volume.affine, code=1)
+            header.set_sform(volume.affine, code=1)
+            header.set_slope_inter(1.0, 0.0)
+            header["vox_offset"] = 352
+            self._bold = self.path("bold.nii").open("w+b")
+            self._bold.write(header.binaryblock + b"\x00" * 4)
+            self._bold_dtype = volume.data.dtype
+        data = np.asarray(volume.data, dtype=self._bold_dtype)
+        self._bold.seek(0, os.SEEK_END)
+        self._bold.write(np.asfortranarray(data).tobytes(order="F"))
+        self._bold.seek(_DIM4_OFFSET)
+        self._bold.write(struct.pack("<h", self._n_written + 1))
+        self._bold.flush()
+
+    def _compress_bold(self) -> None:
+        raw = self.path("bold.nii")
+        target = self.path("bold.nii.gz")
+        with raw.open("rb") as source, gzip.GzipFile(target, "wb", compresslevel=1,
+                                                     mtime=0) as sink:
+            shutil.copyfileobj(source, sink, length=1 << 20)
+        raw.unlink()
+
+    def _write_session(self, **fields: Any) -> None:
+        target = self.path("desc-session.json")
+        temporary = target.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps({**self.session, **fields}, indent=2, default=str))
+        temporary.replace(target)

@@ -1,0 +1,307 @@
+"""The real-time server: receive volumes, step the pipeline, publish feedback, record.
+
+One thread (the caller of :meth:`Server.run`) owns all three sockets:
+
+- volume channel, ROUTER: every message is validated, acknowledged (or answered with an
+  error) and, if it is a new volume, processed at once;
+- feedback channel, XPUB: one event per volume, and ``run_end`` after the last; XPUB lets the
+  server see subscriptions, so a replay can wait for the display before it starts;
+- results channel, REP: "the result for volume N" and the run's counters.
+
+File writing happens on the recorder's own thread, off the per-volume path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from rtserver import __version__, protocol
+from rtserver.config import Config
+from rtserver.errors import InputError, ProtocolError, RtfmriError, TransportError
+from rtserver.pipeline import Pipeline
+from rtserver.recording import Record, RunRecorder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    """What happened during the run, reported in the session JSON and on request."""
+
+    n_received: int = 0
+    n_processed: int = 0
+    n_duplicates: int = 0
+    n_malformed: int = 0
+    n_rejected: int = 0
+    n_expected: int | None = None
+    missing: list[int] = field(default_factory=list)
+
+
+def bind(socket: zmq.Socket, endpoint: str) -> str:
+    """Bind ``socket`` and return the endpoint actually bound (ports may be ``*``).
+
+    Raises
+    ------
+    TransportError
+        If the endpoint cannot be bound (in use, bad address).
+    """
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise TransportError(f"Cannot bind {endpoint}: {exc.strerror}.") from None
+    return socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+class Server:
+    """Serve one run.
+
+    Parameters
+    ----------
+    config : Config
+        Endpoints, run entities and stage settings.
+    out_dir : str or Path
+        Where the run's outputs are written.
+    pipeline : Pipeline or None
+        The processing core; built from ``config`` when ``None``.
+    n_volumes : int or None
+        End the run after this many volumes (otherwise at the bridge's end-of-run message).
+    wait_display : float
+        Before taking volumes, wait up to this many seconds for a feedback subscriber (the
+        display), so it sees the run from its first volume. The bridge's volumes wait in
+        the socket meanwhile.
+    context : zmq.Context or None
+        Shared context (a new one when ``None``).
+    """
+
+    def __init__(self, config: Config, out_dir: str | Path, pipeline: Pipeline | None = None,
+                 n_volumes: int | None = None, wait_display: float = 0.0,
+                 context: zmq.Context | None = None) -> None:
+        if n_volumes is not None and n_volumes < 1:
+            raise InputError(f"--n-volumes should be >= 1. Got {n_volumes}.")
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.pipeline = pipeline if pipeline is not None else Pipeline(config)
+        self.n_volumes = n_volumes
+        self.wait_display = wait_display
+        self.counters = Counters()
+        self.endpoints: dict[str, str] = {}
+        self.subscribed = threading.Event()
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._context = context or zmq.Context.instance()
+        self._results: dict[int, protocol.FeedbackEvent] = {}
+        self._seen: set[int] = set()
+        self._last_index = -1
+        self._recorder: RunRecorder | None = None
+        self._sockets: dict[str, zmq.Socket] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Server:
+        """Bind the three sockets (call from the thread that will call :meth:`run`)."""
+        network = self.config.network
+        router = self._context.socket(zmq.ROUTER)
+        xpub = self._context.socket(zmq.XPUB)
+        rep = self._context.socket(zmq.REP)
+        for sock in (router, xpub, rep):
+            sock.setsockopt(zmq.LINGER, 1000)
+        xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self._sockets = {"volumes": router, "feedback": xpub, "results": rep}
+        try:
+            self.endpoints = {
+                "volumes": bind(router, network.volumes),
+                "feedback": bind(xpub, network.feedback),
+                "results": bind(rep, network.results),
+            }
+        except TransportError:
+            self._close_sockets()
+            raise
+        log.info("listening: volumes %s, feedback %s, results %s", self.endpoints["volumes"],
+                 self.endpoints["feedback"], self.endpoints["results"])
+        self.ready.set()
+        return self
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (thread-safe; also what SIGINT/SIGTERM call)."""
+        self._stop.set()
+
+    def run(self) -> Counters:
+        """Serve until the run ends or :meth:`stop` is called; flush everything; return counts."""
+        if not self._sockets:
+            self.start()
+        router = self._sockets["volumes"]
+        xpub = self._sockets["feedback"]
+        rep = self._sockets["results"]
+        poller = zmq.Poller()
+        for sock in (router, xpub, rep):
+            poller.register(sock, zmq.POLLIN)
+        try:
+            self._wait_for_display(xpub)
+            while not self._stop.is_set() and not self._run_complete():
+                for sock, _ in poller.poll(100):
+                    if sock is router:
+                        self._on_volume_message(router, xpub)
+                    elif sock is rep:
+                        self._on_request(rep)
+                    else:
+                        self._on_subscription(xpub)
+            if self._recorder is not None or self.counters.n_processed:
+                xpub.send_multipart(protocol.encode_run_end(self.counters.n_processed))
+        finally:
+            self._finish()
+        return self.counters
+
+    def _wait_for_display(self, xpub: zmq.Socket) -> None:
+        if self.wait_display <= 0:
+            return
+        log.info("waiting up to %g s for a feedback display at %s", self.wait_display,
+                 self.endpoints["feedback"])
+        deadline = time.monotonic() + self.wait_display
+        while not self.subscribed.is_set() and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("no display subscribed within %g s; serving anyway",
+                            self.wait_display)
+                return
+            if xpub.poll(min(100, int(remaining * 1000) + 1)):
+                self._on_subscription(xpub)
+
+    def _run_complete(self) -> bool:
+        if self.n_volumes is not None and self.counters.n_processed >= self.n_volumes:
+            return True
+        return self.counters.n_expected is not None
+
+    def _finish(self) -> None:
+        counters = self.counters
+        if counters.n_expected is not None:
+            counters.missing = sorted(set(range(counters.n_expected)) - self._seen)
+            if counters.missing:
+                log.warning("run ended with %d volumes missing: %s", len(counters.missing),
+                            counters.missing[:20])
+        if self._recorder is not None:
+            self._recorder.close(**vars(counters))
+            if self._recorder.error is not None:
+                log.error("recording failed: %s", self._recorder.error)
+        self._close_sockets()
+        log.info("run finished: %d volumes processed, %d duplicates, %d malformed, "
+                 "%d rejected; outputs in %s", counters.n_processed, counters.n_duplicates,
+                 counters.n_malformed, counters.n_rejected, self.out_dir)
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets = {}
+
+    # ------------------------------------------------------------------ volume channel
+    def _on_volume_message(self, router: zmq.Socket, xpub: zmq.Socket) -> None:
+        frames = router.recv_multipart(copy=False)
+        t_received = time.time()
+        t0 = time.perf_counter()
+        identity, payload = frames[0], frames[1:]
+        index = None
+        try:
+            if not payload:
+                raise ProtocolError("A message should have at least a header frame. Got none.")
+            header = protocol.parse_header(payload[0].bytes, [protocol.VOLUME, protocol.END])
+            if header["type"] == protocol.END:
+                self._on_end(protocol.decode_end(header))
+                router.send_multipart([identity, protocol.encode_reply(
+                    protocol.ACK, None, status="end")])
+                return
+            volume, _ = protocol.decode_volume(payload)
+            index = volume.index
+        except ProtocolError as exc:
+            self.counters.n_malformed += 1
+            log.warning("malformed message rejected (%d so far): %s",
+                        self.counters.n_malformed, exc)
+            router.send_multipart([identity, protocol.encode_reply(
+                protocol.ERROR, index, error=str(exc))])
+            return
+        if index in self._seen:
+            self.counters.n_duplicates += 1
+            router.send_multipart([identity, protocol.encode_reply(
+                protocol.ACK, index, status="duplicate")])
+            return
+        try:
+            event = self.pipeline.step(volume)
+        except RtfmriError as exc:
+            self.counters.n_rejected += 1
+            log.warning("volume %d rejected: %s", index, exc)
+            router.send_multipart([identity, protocol.encode_reply(
+                protocol.ERROR, index, error=str(exc))])
+            return
+        event.t_received = t_received
+        event.t_published = time.time()
+        event.latency_ms = (time.perf_counter() - t0) * 1000.0
+        xpub.send_multipart(protocol.encode_feedback(event))
+        router.send_multipart([identity, protocol.encode_reply(
+            protocol.ACK, index, status="received")])
+        self._after_publish(volume, event)
+
+    def _after_publish(self, volume, event: protocol.FeedbackEvent) -> None:
+        self.counters.n_received += 1
+        self.counters.n_processed += 1
+        if volume.index != self._last_index + 1 and volume.index > self._last_index:
+            gap = list(range(self._last_index + 1, volume.index))
+            log.warning("volumes %s have not arrived (gap before volume %d)", gap, volume.index)
+        self._last_index = max(self._last_index, volume.index)
+        self._seen.add(volume.index)
+        self._results[volume.index] = event
+        if self._recorder is None:
+            self._recorder = RunRecorder(self.out_dir, self.config.run.prefix,
+                                         self._session()).start(self.pipeline.roi_names)
+        self._recorder.put(Record(volume=volume, event=event,
+                                  motion=self.pipeline.motion_estimate,
+                                  roi_values=self.pipeline.roi_vector(event)))
+
+    def _on_end(self, n_expected: int) -> None:
+        self.counters.n_expected = n_expected
+        log.info("bridge sent %d volumes; end of run", n_expected)
+
+    # ------------------------------------------------------------------ other channels
+    def _on_request(self, rep: zmq.Socket) -> None:
+        frames = rep.recv_multipart()
+        try:
+            if len(frames) != 1:
+                raise ProtocolError(f"A request should have 1 frame. Got {len(frames)}.")
+            request = protocol.decode_request(frames[0])
+        except ProtocolError as exc:
+            self.counters.n_malformed += 1
+            log.warning("malformed request rejected: %s", exc)
+            rep.send(protocol.encode_reply(protocol.ERROR, None, error=str(exc)))
+            return
+        if request["type"] == protocol.STATUS_REQUEST:
+            rep.send(protocol.encode_status(**vars(self.counters)))
+            return
+        event = self._results.get(request["volume"])
+        if event is None:
+            rep.send(protocol.encode_reply(
+                protocol.ERROR, request["volume"],
+                error=f"No result for volume {request['volume']} (yet)."))
+        else:
+            rep.send(protocol.encode_result(event))
+
+    def _on_subscription(self, xpub: zmq.Socket) -> None:
+        message = xpub.recv()
+        if message[:1] == b"\x01":
+            log.info("a feedback subscriber joined")
+            self.subscribed.set()
+
+    def _session(self) -> dict:
+        return {
+            "software": "rtserver",
+            "version": __version__,
+            "protocol": protocol.PROTOCOL,
+            "run": self.config.run.prefix,
+            "config": self.config.to_dict(),
+            "endpoints": self.endpoints,
+            "rois": self.pipeline.roi_names,
+            "paradigm": self.pipeline.paradigm.name if self.pipeline.paradigm else None,
+            "model_card": None,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }

@@ -1,0 +1,12 @@
+"""Processing stages: estimators set up once with ``fit`` and updated one volume at a time.
+
+Each stage stores its arguments in the constructor, learns its state in ``fit`` (attributes
+ending in ``_``) and does O(1) work per volume in ``partial_fit`` / ``transform``. None of
+them does I/O.
+"""
+
+from rtserver.stages.feedback import FeedbackScaler
+from rtserver.stages.motion import MotionCorrector, MotionEstimate
+from rtserver.stages.roi import RoiExtractor, RoiSet
+
+__all__ = ["FeedbackScaler", "MotionCorrector", "MotionEstimate", "RoiExtractor", "RoiSet"]

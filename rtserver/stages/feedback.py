@@ -1,0 +1,81 @@
+"""Turn the target ROI's signal into a feedback value in [0, 1].
+
+The value is the percent signal change of the target ROI against a running baseline,
+mapped linearly so that the baseline is 0.5 and ``+-psc_range`` % reach 1 and 0. The
+baseline is the mean of the last ``baseline_window`` baseline volumes: with a paradigm, the
+volumes acquired during fixation blocks (looked up ``hrf_delay`` seconds earlier, so the
+haemodynamic response of the preceding block has passed); without one, the first
+``baseline_volumes`` volumes. Censored volumes never enter the baseline and repeat the
+last value shown.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from rtserver.paradigm import Paradigm
+from rtserver.stages._base import check_is_fitted
+
+
+class FeedbackScaler:
+    """Percent signal change of one ROI against a running baseline, scaled to [0, 1].
+
+    Parameters
+    ----------
+    paradigm : Paradigm or None
+        Defines the baseline (fixation) volumes; ``None`` uses the first volumes.
+    baseline_volumes : int
+        Without a paradigm, how many initial volumes form the baseline.
+    baseline_window : int
+        Number of most recent baseline volumes averaged.
+    hrf_delay : float
+        Seconds between a block and the BOLD response it causes.
+    psc_range : float
+        Percent signal change that moves the bar from 0.5 to 1 (or 0).
+    """
+
+    def __init__(self, paradigm: Paradigm | None = None, baseline_volumes: int = 10,
+                 baseline_window: int = 30, hrf_delay: float = 4.0,
+                 psc_range: float = 2.0) -> None:
+        self.paradigm = paradigm
+        self.baseline_volumes = baseline_volumes
+        self.baseline_window = baseline_window
+        self.hrf_delay = hrf_delay
+        self.psc_range = psc_range
+
+    def fit(self) -> FeedbackScaler:
+        """Start an empty baseline."""
+        self.baseline_ = deque(maxlen=self.baseline_window)
+        self.value_ = 0.5
+        self.psc_ = 0.0
+        return self
+
+    def is_baseline(self, index: int, tr: float) -> bool:
+        """True if volume ``index`` belongs to the baseline."""
+        if self.paradigm is None:
+            return index < self.baseline_volumes
+        seconds = index * tr - self.hrf_delay
+        if seconds < 0:
+            return False  # the scanner's first volumes are not yet at steady state
+        return self.paradigm.block_at(seconds).is_baseline
+
+    def partial_fit(self, index: int, tr: float, signal: float,
+                    censored: bool = False) -> FeedbackScaler:
+        """Update with one volume's target-ROI signal; the result is in ``value_``.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, "baseline_")
+        if censored or not np.isfinite(signal):
+            return self
+        if self.baseline_:
+            mean = sum(self.baseline_) / len(self.baseline_)
+            self.psc_ = 100.0 * (signal - mean) / mean if mean else 0.0
+            self.value_ = float(np.clip(0.5 + self.psc_ / (2.0 * self.psc_range), 0.0, 1.0))
+        if self.is_baseline(index, tr):
+            self.baseline_.append(float(signal))
+        return self

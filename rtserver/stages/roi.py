@@ -1,0 +1,136 @@
+"""ROI extraction: motion-corrected mean signal of each region, one volume at a time.
+
+ROIs are given as a label image on the EPI grid plus a name for each label (a BIDS
+``*_dseg.nii.gz`` with its ``*_dseg.tsv``). Only the ROI voxels are resampled, at the
+positions the motion estimate says they moved to; the full volume is never resliced.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from rtserver.errors import InputError
+from rtserver.rigid import voxel_mapping
+from rtserver.stages._base import check_is_fitted
+from rtserver.volume import Volume
+
+
+@dataclass(frozen=True)
+class RoiSet:
+    """Named regions on a voxel grid.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        3D integer label image (0 = background).
+    affine : numpy.ndarray
+        Its voxel-to-world matrix.
+    names : dict of int to str
+        Name of each label value.
+    """
+
+    labels: np.ndarray
+    affine: np.ndarray
+    names: dict[int, str]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RoiSet:
+        """Read a label image and the ``.tsv`` beside it (columns ``index`` and ``name``)."""
+        path = Path(path)
+        try:
+            img = nib.load(path)
+            labels = np.asarray(img.dataobj).astype(np.int32)
+        except Exception as exc:
+            raise InputError(f"Cannot read ROI label image {path}: {exc}") from None
+        if labels.ndim != 3:
+            raise InputError(f"ROI label image {path} should be 3D. Got shape {labels.shape}.")
+        table = Path(str(path).replace(".nii.gz", ".tsv").replace(".nii", ".tsv"))
+        names: dict[int, str] = {}
+        if table.exists():
+            with table.open(newline="") as handle:
+                for row in csv.DictReader(handle, delimiter="\t"):
+                    try:
+                        names[int(row["index"])] = row["name"].strip()
+                    except (KeyError, ValueError, AttributeError):
+                        raise InputError(
+                            f"{table} should have columns 'index' and 'name'. Got row {row}."
+                        ) from None
+        present = sorted(int(v) for v in np.unique(labels) if v != 0)
+        if not present:
+            raise InputError(f"ROI label image {path} has no labelled voxel.")
+        names = {value: names.get(value, f"roi{value}") for value in present}
+        return cls(labels=labels, affine=img.affine, names=names)
+
+    @classmethod
+    def brain(cls, reference: Volume) -> RoiSet:
+        """A single ROI ``brain``: the reference volume's voxels above half its mean signal."""
+        data = np.asarray(reference.data, dtype=np.float32)
+        threshold = 0.5 * data[data > data.mean()].mean()
+        return cls(labels=(data > threshold).astype(np.int32), affine=reference.affine,
+                   names={1: "brain"})
+
+
+class RoiExtractor:
+    """Mean signal of each ROI, sampled where the motion estimate places the ROI voxels.
+
+    Parameters
+    ----------
+    rois : RoiSet or None
+        The regions; ``None`` uses an automatic whole-brain mask of the reference.
+    """
+
+    def __init__(self, rois: RoiSet | None = None) -> None:
+        self.rois = rois
+
+    def fit(self, reference: Volume) -> RoiExtractor:
+        """Check the ROIs against the reference grid and precompute their voxel lists."""
+        rois = self.rois if self.rois is not None else RoiSet.brain(reference)
+        if rois.labels.shape != reference.shape:
+            raise InputError(
+                "ROI label image is not on the EPI grid.\n"
+                f"Expected shape {reference.shape}.\nGot {rois.labels.shape}."
+            )
+        if not np.allclose(rois.affine, reference.affine, atol=1e-3):
+            raise InputError(
+                "ROI label image's affine differs from the EPI volume's (by more than "
+                f"1e-3 mm).\nExpected {reference.affine.round(3).tolist()}.\n"
+                f"Got {np.asarray(rois.affine).round(3).tolist()}."
+            )
+        self.names_ = [rois.names[value] for value in sorted(rois.names)]
+        order = [np.argwhere(rois.labels == value) for value in sorted(rois.names)]
+        ijk = np.vstack(order).astype(np.float64)
+        self.ijk_ = np.vstack([ijk.T, np.ones(len(ijk))])
+        self.starts_ = np.cumsum([0] + [len(voxels) for voxels in order[:-1]])
+        self.counts_ = np.array([len(voxels) for voxels in order], dtype=np.float64)
+        self.affine_ = reference.affine
+        return self
+
+    def transform(self, volume: Volume, matrix: np.ndarray | None = None) -> np.ndarray:
+        """Mean of each ROI in ``volume`` after undoing the motion ``matrix``.
+
+        Parameters
+        ----------
+        volume : Volume
+            A volume on the reference grid.
+        matrix : numpy.ndarray or None
+            The volume's 4x4 motion (reference -> volume, world mm); ``None`` for none.
+
+        Returns
+        -------
+        numpy.ndarray
+            One mean per ROI, in the order of ``names_``.
+        """
+        check_is_fitted(self, "ijk_")
+        data = np.asarray(volume.data, dtype=np.float32)
+        if matrix is None:
+            coords = self.ijk_[:3]
+        else:
+            coords = (voxel_mapping(matrix, self.affine_) @ self.ijk_)[:3]
+        values = ndimage.map_coordinates(data, coords, order=1, mode="nearest", prefilter=False)
+        return np.add.reduceat(values, self.starts_) / self.counts_
