@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny synthetic images (built here) and real scanner files (tests/data)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from rtserver.volume import Volume
+
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "data"
+SIEMENS_MOSAIC = DATA / "siemens_mosaic_skyra_10vol"
+SIEMENS_NIFTI = DATA / "nifti" / "siemens_skyra_rtcloud_facematching_10vol.nii.gz"
+TRUNCATED_DICOM = DATA / "siemens_mosaic_skyra_10vol_truncated_001_000013_000005.dcm"
+SHARED_DATA = TESTS.parent.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+
+def command(name: str) -> str:
+    """Path of one of this project's console scripts in the running environment."""
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"console script {name} is not installed in {BIN}; run `make test`.")
+    return str(path)
+
+
+@pytest.fixture
+def blob_volume() -> Volume:
+    """A smooth, head-sized 32x32x20 blob at 3 mm, with structure to register on."""
+    rng = np.random.default_rng(42)
+    shape = (32, 32, 20)
+    grid = np.indices(shape).astype(np.float64)
+    centre = (np.array(shape) - 1) / 2
+    radius = np.sqrt((((grid.T - centre) / (np.array(shape) / 2.6)) ** 2).sum(-1)).T
+    image = 1000.0 * (radius < 1.0) + 300.0 * ndimage.gaussian_filter(
+        rng.normal(size=shape), 1.5) * (radius < 1.0)
+    image = ndimage.gaussian_filter(image, 0.8)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[:3, 3] = -np.array(shape) * 1.5
+    return Volume(image.astype(np.float32), affine, index=0, tr=2.0)
+
+
+class RunningProcess:
+    """A started CLI process whose stderr is read line by line until a pattern appears."""
+
+    def __init__(self, args: list[str], **kwargs) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.args = args
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env, **kwargs)
+        self.stderr_lines: list[str] = []
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match:
+        """Read stderr until a line matches ``pattern`` (fails on exit or timeout)."""
+        import selectors
+        import time
+
+        regex = re.compile(pattern)
+        selector = selectors.DefaultSelector()
+        selector.register(self.proc.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.stderr_lines.append(line)
+            match = regex.search(line)
+            if match:
+                return match
+        self.kill()
+        pytest.fail(f"{self.args[0]} never printed {pattern!r}; stderr:\n"
+                    + "".join(self.stderr_lines))
+
+    def finish(self, timeout: float = 60.0) -> tuple[int, str]:
+        """Wait for exit; return the exit code and all of stderr."""
+        try:
+            _, rest = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.args[0]} did not exit within {timeout} s; stderr:\n"
+                        + "".join(self.stderr_lines))
+        return self.proc.returncode, "".join(self.stderr_lines) + rest
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def processes():
+    """Start CLI processes; every one still running at the end of the test is killed."""
+    started: list[RunningProcess] = []
+
+    def start(args: list[str], **kwargs) -> RunningProcess:
+        process = RunningProcess(args, **kwargs)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
