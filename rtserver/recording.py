@@ -3,9 +3,11 @@
 Files (BIDS derivatives style, prefix ``sub-<id>_task-<task>_run-<n>``):
 
 - ``_bold.nii.gz``: every volume as received, in order, in its original type and orientation.
-  While the run goes it is an uncompressed ``_bold.nii`` whose header's volume count is
-  rewritten after each volume, so it is a valid NIfTI at every moment (a crash loses nothing
-  received); at the end it is compressed to ``_bold.nii.gz``.
+  It is written as a multi-member gzip file (which every gzip reader, nibabel included,
+  reads as one stream): a first, uncompressed member of fixed size holding the NIfTI header,
+  then one compressed member per volume. After each volume the header member is rewritten
+  in place with the new volume count, so the file is a valid NIfTI at every moment: a crash
+  loses nothing received, and there is no compression pass at the end.
 - ``_desc-confounds_timeseries.tsv``: ``trans_x trans_y trans_z rot_x rot_y rot_z
   framewise_displacement`` (mm, radians; fMRIPrep column names).
 - ``_desc-hmc_xfm.tsv``: each volume's rigid transform, reference -> volume, as the first three
@@ -24,8 +26,6 @@ import json
 import logging
 import os
 import queue
-import shutil
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,7 @@ CONFOUND_COLUMNS = (*PARAMETER_NAMES, "framewise_displacement")
 FEEDBACK_COLUMNS = ("volume", "value", "p_drug", "decision", "censored", "t_received",
                     "t_published", "latency_ms")
 XFM_COLUMNS = tuple(f"m{row}{col}" for row in range(3) for col in range(4))
-_DIM4_OFFSET = 40 + 2 * 4  # NIfTI-1 header: dim[0..7] int16 at byte 40; dim[4] at 48
+NIFTI_HEADER_BYTES = 352  # NIfTI-1 header (348) + empty extension flag (4)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,6 @@ class RunRecorder:
         if self._bold is not None:
             self._bold.close()
             self._bold = None
-            self._compress_bold()
         self._write_session(status="complete", n_volumes_recorded=self._n_written, **counters)
 
     # ------------------------------------------------------------------ writer thread
@@ -161,31 +160,31 @@ class RunRecorder:
     def _append_bold(self, volume: Volume) -> None:
         if self._bold is None:
             header = nib.Nifti1Header()
-            header.set_data_dtype(volume.data.dtype)
+            header.set_data_dtype(volume.data.dtype.newbyteorder("="))
             header.set_data_shape((*volume.shape, 1))
             header.set_zooms((*volume.zooms, volume.tr))
             header.set_xyzt_units("mm", "sec")
             header.set_qform(volume.affine, code=1)
             header.set_sform(volume.affine, code=1)
             header.set_slope_inter(1.0, 0.0)
-            header["vox_offset"] = 352
-            self._bold = self.path("bold.nii").open("w+b")
-            self._bold.write(header.binaryblock + b"\x00" * 4)
-            self._bold_dtype = volume.data.dtype
+            header["vox_offset"] = NIFTI_HEADER_BYTES
+            self._bold_header = header
+            self._bold_dtype = header.get_data_dtype()
+            self._bold = self.path("bold.nii.gz").open("w+b")
+            self._bold.write(self._header_member(0))
         data = np.asarray(volume.data, dtype=self._bold_dtype)
         self._bold.seek(0, os.SEEK_END)
-        self._bold.write(np.asfortranarray(data).tobytes(order="F"))
-        self._bold.seek(_DIM4_OFFSET)
-        self._bold.write(struct.pack("<h", self._n_written + 1))
+        self._bold.write(gzip.compress(data.tobytes(order="F"), compresslevel=1, mtime=0))
+        self._bold.seek(0)
+        self._bold.write(self._header_member(self._n_written + 1))
         self._bold.flush()
 
-    def _compress_bold(self) -> None:
-        raw = self.path("bold.nii")
-        target = self.path("bold.nii.gz")
-        with raw.open("rb") as source, gzip.GzipFile(target, "wb", compresslevel=1,
-                                                     mtime=0) as sink:
-            shutil.copyfileobj(source, sink, length=1 << 20)
-        raw.unlink()
+    def _header_member(self, n_volumes: int) -> bytes:
+        """The NIfTI header as a stored (level 0) gzip member: its size never changes."""
+        header = self._bold_header
+        header["dim"][4] = n_volumes
+        block = header.binaryblock + b"\x00" * (NIFTI_HEADER_BYTES - 348)
+        return gzip.compress(block, compresslevel=0, mtime=0)
 
     def _write_session(self, **fields: Any) -> None:
         target = self.path("desc-session.json")

@@ -232,6 +232,35 @@ def test_sigterm_flushes_what_was_received(tmp_path, processes, context):
     assert json.loads(files["session"].read_text())["status"] == "complete"
 
 
+def test_a_crash_loses_nothing_already_recorded(tmp_path, processes, context):
+    """SIGKILL (no chance to flush) mid-run: the BOLD file and TSVs are valid as they stand."""
+    out = tmp_path / "run"
+    server = processes([command("rtserver"), "serve", "--out", str(out), "--volumes", ANY_PORT,
+                        "--feedback", ANY_PORT, "--results", ANY_PORT])
+    volumes, _, _ = server.wait_for(LISTENING).groups()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(volumes)
+    sent = list(open_source(SIEMENS_MOSAIC))[:4]
+    for volume in sent:
+        assert send_raw(dealer, protocol.encode_volume(volume))["status"] == "received"
+    files = outputs(out)
+    # The recorder writes on its own thread: wait (bounded) until the 4th row is flushed.
+    poller_deadline = 200
+    while len(read_tsv(files["feedback"])) < 4 and poller_deadline:
+        dealer.poll(50)
+        poller_deadline -= 1
+    server.proc.kill()
+    server.finish()
+    bold = nib.load(files["bold"])
+    assert bold.shape[3] == 4
+    data = np.asanyarray(bold.dataobj)
+    for volume in sent:
+        assert np.array_equal(data[..., volume.index], volume.data)
+    assert len(read_tsv(files["confounds"])) == 4
+    assert json.loads(files["session"].read_text())["status"] == "running"
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [

@@ -1,0 +1,99 @@
+"""Per-volume latency of a replayed 64x64x36 run: volume received -> feedback published.
+
+Simulates a regulation run (140 volumes, 64x64x36 at 3.5 mm, with motion), replays it as
+fast as possible through the real server (ZeroMQ over loopback, recorder thread writing
+every output) and prints the median, p95 and p99 of the server's ``latency_ms``, the
+replay throughput, and the cost of ``Pipeline.step`` alone.
+
+    python benchmarks/latency.py [--repeats 3] [--shape 64,64,36]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rtserver.config import Config
+from rtserver.pipeline import Pipeline
+from rtserver.replay import replay
+from rtserver.server import Server
+from rtserver.simulate import simulate_subject
+from rtserver.sources import open_source
+
+
+def summary(values_ms: list[float]) -> str:
+    values = np.asarray(values_ms)
+    return (f"median {np.median(values):6.2f} ms   p95 {np.percentile(values, 95):6.2f} ms   "
+            f"p99 {np.percentile(values, 99):6.2f} ms   max {values.max():6.2f} ms   "
+            f"(n={len(values)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="replays to pool (default 3)")
+    parser.add_argument("--shape", default="64,64,36", help="EPI matrix (default 64,64,36)")
+    parser.add_argument("--voxel", type=float, default=3.5, help="voxel size in mm (3.5)")
+    args = parser.parse_args()
+    shape = tuple(int(n) for n in args.shape.split(","))
+    logging.basicConfig(level=logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        subject = simulate_subject(tmp / "bids", "01", "patient", seed=7, shape=shape,
+                                   voxel_size=args.voxel)
+        run = subject.runs[0]
+        config = Config().with_overrides(
+            network={"volumes": "tcp://127.0.0.1:*", "feedback": "tcp://127.0.0.1:*",
+                     "results": "tcp://127.0.0.1:*"},
+            roi={"mask": str(run.rois), "target": "ventral_striatum"},
+            feedback={"paradigm": "regulation"},
+        )
+        source = open_source(run.bold)
+        print(f"run: {source.n_volumes} volumes of {shape} at {args.voxel} mm "
+              f"({source.path.name})")
+
+        latencies, rates = [], []
+        for repeat in range(args.repeats):
+            out = tmp / f"out{repeat}"
+            server = Server(config, out)
+            start = time.perf_counter()
+            replay(source, server, interval=None)
+            rates.append(source.n_volumes / (time.perf_counter() - start))
+            table = next(out.glob("*_desc-feedback_timeseries.tsv"))
+            with table.open(newline="") as handle:
+                rows = list(csv.DictReader(handle, delimiter="\t"))
+            latencies += [float(row["latency_ms"]) for row in rows[1:]]  # volume 0 fits
+
+        print(f"received -> published (server, {args.repeats} replays, volume 0 excluded):")
+        print(f"  {summary(latencies)}")
+        print(f"replay as fast as possible: {np.median(rates):.0f} volumes/s "
+              f"(send, acknowledge, process, publish, record)")
+
+        volumes = list(source)
+        pipeline = Pipeline(config)
+        pipeline.step(volumes[0])
+        steps = []
+        for volume in volumes[1:]:
+            start = time.perf_counter()
+            pipeline.step(volume)
+            steps.append((time.perf_counter() - start) * 1000.0)
+        motion = Pipeline(config)
+        motion.step(volumes[0])
+        motion_ms = []
+        for volume in volumes[1:]:
+            start = time.perf_counter()
+            motion.motion.partial_fit(volume)
+            motion_ms.append((time.perf_counter() - start) * 1000.0)
+        print(f"Pipeline.step alone:      {summary(steps)}")
+        print(f"motion correction alone:  {summary(motion_ms)}")
+
+
+if __name__ == "__main__":
+    main()

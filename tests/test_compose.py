@@ -1,0 +1,80 @@
+"""docker-compose.yml: valid for Debian's docker-compose, and every command a real CLI call.
+
+No Docker engine runs on the development and CI machines, so the services cannot be
+started here; the file is validated instead.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rtserver.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict:
+    """The compose file as docker-compose itself resolves it."""
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose (Debian package) is not installed; `make test` installs it")
+    result = subprocess.run([tool, "-f", str(COMPOSE), "config"], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def program_argv(command: str) -> list[str]:
+    """The project command inside a service command (skipping an xvfb-run wrapper)."""
+    argv = shlex.split(command)
+    if argv[0] == "xvfb-run":
+        argv = argv[1:]
+        while argv[0].startswith("-"):
+            argv = argv[2:] if argv[0] == "-s" else argv[1:]
+    return argv
+
+
+def test_services_are_the_server_bridge_and_display(resolved):
+    assert {"server", "bridge", "display", "simulate"} <= set(resolved["services"])
+
+
+@pytest.mark.parametrize("service", ["simulate", "server", "bridge", "display"])
+def test_each_command_parses_with_the_projects_cli(resolved, service):
+    argv = program_argv(resolved["services"][service]["command"])
+    if argv[0] == "rtserver":
+        args = build_parser().parse_args(argv[1:])
+    else:
+        from feedback_display.cli import build_parser as display_parser
+
+        assert argv[0] == "feedback-display"
+        args = display_parser().parse_args(argv[1:])
+    assert args is not None
+
+
+def test_ports_are_published_on_loopback_only(resolved):
+    for name, service in resolved["services"].items():
+        for port in service.get("ports", []):
+            host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+            assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond the loopback"
+
+
+def test_bridge_replays_the_file_the_simulator_writes(resolved, tmp_path):
+    """The paths in the compose file are the ones `rtserver simulate` really produces."""
+    from rtserver.simulate import simulate_subject
+
+    simulate = build_parser().parse_args(program_argv(resolved["services"]["simulate"]["command"])[1:])
+    subject = simulate_subject(tmp_path, simulate.subject, simulate.group, simulate.seed,
+                               shape=(24, 24, 16), voxel_size=8.0)
+    bridge = build_parser().parse_args(program_argv(resolved["services"]["bridge"]["command"])[1:])
+    server = build_parser().parse_args(program_argv(resolved["services"]["server"]["command"])[1:])
+    data = Path("/data/bids")
+    assert tmp_path / bridge.source.relative_to(data) == subject.runs[0].bold
+    assert tmp_path / Path(server.roi).relative_to(data) == subject.runs[0].rois
