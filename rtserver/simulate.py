@@ -1,0 +1,1015 @@
+"""Synthetic BIDS datasets with known ground truth: the project's test bed.
+
+``simulate_subject`` writes one subject's runs of a paradigm as a raw BIDS dataset, and the
+truth behind them under ``derivatives/simulator/``:
+
+1. **Anatomy.** The MNI152 T1 template (shipped in ``rtserver/data``) is resampled
+   (trilinear) onto an EPI grid centred on the template's brain, and its intensities are
+   remapped to an EPI-like (T2*-weighted) contrast: CSF brightest, grey matter brighter than
+   white matter, about 1000 in brain, 0 outside.
+2. **Regions of interest.** The Tian S2 subcortex atlas, resampled to the same grid
+   (nearest neighbour), gives ``ventral_striatum`` (nucleus accumbens shell and core plus
+   anterior caudate, both hemispheres).
+3. **Activation.** Each block's condition (``look_drug``, ``look_food``, ...) has an
+   amplitude in percent signal change that depends on the group (:data:`GROUP_AMPLITUDES`);
+   block boxcars convolved with the canonical double-gamma HRF scale the ROI's baseline.
+4. **Motion.** A rigid trajectory (slow drift plus one or two spikes) moves the head;
+   volume ``k`` is the reference image resampled so that ``V_k(M_k @ x) = reference(x)``
+   (:mod:`rtserver.rigid`'s convention). Volume 0 does not move.
+5. **Scanner.** A slow multiplicative drift (linear plus half-cosine), AR(1) physiological
+   noise proportional to the signal, and white thermal noise taken into the magnitude
+   (Rician) domain; together they give the requested temporal SNR at the median brain
+   intensity. Values are stored as int16, like a scanner's.
+
+Every file is a deterministic function of ``(subject, seed)`` and the arguments: the same
+call writes the same bytes (gzip streams carry no timestamp).
+
+Times: a volume's value is taken at its acquisition start, ``index * TR`` (no slice timing).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage, stats
+from tqdm import tqdm
+
+from rtserver import __version__
+from rtserver.errors import InputError
+from rtserver.paradigm import Paradigm
+from rtserver.rigid import (
+    PARAMETER_NAMES,
+    framewise_displacement,
+    grid_centre,
+    params_to_matrix,
+    voxel_mapping,
+)
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+TEMPLATE_FILE = DATA_DIR / "mni152" / "MNI152_T1_3mm.nii.gz"
+TEMPLATE_MASK_FILE = DATA_DIR / "mni152" / "MNI152_T1_3mm_brain_mask.nii.gz"
+ATLAS_FILE = DATA_DIR / "tian_subcortex" / "Tian_Subcortex_S2_3T.nii.gz"
+ATLAS_LABEL_FILE = DATA_DIR / "tian_subcortex" / "Tian_Subcortex_S2_3T_label.txt"
+
+GROUPS = ("patient", "control")
+BIDS_VERSION = "1.9.0"
+SIMULATOR_NAME = "rtserver simulate"
+
+#: ROIs of the label image: index in the ``dseg`` image -> (name, Tian S2 region names).
+#: The regions are looked up by name in the atlas's label file (index = line number).
+ROI_DEFINITIONS = MappingProxyType({
+    1: ("ventral_striatum", ("NAc-shell-rh", "NAc-core-rh", "aCAU-rh",
+                             "NAc-shell-lh", "NAc-core-lh", "aCAU-lh")),
+})
+#: A grid holding fewer voxels of an ROI than this is refused.
+MIN_ROI_VOXELS = 10
+
+#: Percent signal change in the ROIs per BIDS ``trial_type``, per group. Patients respond
+#: more to drug cues than to food cues, controls the other way round; reappraising drug
+#: cues lowers the drug response, savoring food cues raises the food response.
+#: Trial types not listed (and fixation) have no response.
+GROUP_AMPLITUDES = MappingProxyType({
+    "patient": MappingProxyType({
+        "look_drug": 1.6, "reappraise_drug": 1.0, "look_food": 0.8, "savor_food": 1.2,
+        "look_neutral": 0.5,
+    }),
+    "control": MappingProxyType({
+        "look_drug": 0.7, "reappraise_drug": 0.5, "look_food": 1.4, "savor_food": 1.9,
+        "look_neutral": 0.5,
+    }),
+})
+
+#: Temporal SNR at the median brain intensity (thermal and physiological noise together).
+DEFAULT_TSNR = 60.0
+#: Lag-1 autocorrelation of the physiological noise.
+DEFAULT_AR_RHO = 0.3
+#: Share of the noise variance that is physiological (AR(1)); the rest is thermal (white).
+PHYSIOLOGICAL_VARIANCE_FRACTION = 0.5
+#: Largest slow drift of each translation (mm) and rotation (degrees); each run draws its own.
+MOTION_DRIFT_MAX = (0.5, 0.5)
+#: Translation size of a motion spike (mm) and of its rotation (degrees), drawn uniformly.
+SPIKE_TRANSLATION_MM = (1.0, 2.0)
+SPIKE_ROTATION_DEG = (0.2, 0.6)
+#: Largest scanner drift, percent of the signal, for the linear and the cosine term.
+DRIFT_MAX_PERCENT = (1.0, 0.5)
+#: Mean brain intensity the EPI contrast is scaled to.
+BRAIN_INTENSITY = 1000.0
+#: Time resolution of the HRF convolution, in steps per TR.
+OVERSAMPLING = 16
+GZIP_LEVEL = 1
+
+
+# ---------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class SimulatedRun:
+    """The files of one simulated run (absolute paths).
+
+    Attributes
+    ----------
+    run : int
+        Run number (1-based, the BIDS ``run-<n>``).
+    bold, sidecar, events : Path
+        Raw BIDS: the 4D int16 image, its JSON sidecar and the events table.
+    rois, rois_tsv : Path
+        Derivatives: the ROI label image in EPI space and its table of names.
+    true_motion, truth : Path
+        Derivatives: the planted motion (fMRIPrep columns) and the truth JSON.
+    spike_volumes : tuple of int
+        Volumes carrying a motion spike.
+    """
+
+    run: int
+    bold: Path
+    sidecar: Path
+    events: Path
+    rois: Path
+    rois_tsv: Path
+    true_motion: Path
+    truth: Path
+    spike_volumes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SimulatedSubject:
+    """What :func:`simulate_subject` wrote for one subject.
+
+    Attributes
+    ----------
+    root : Path
+        The BIDS dataset's root folder.
+    subject : str
+        BIDS label, without ``sub-``.
+    group : str
+        ``"patient"`` or ``"control"``.
+    seed : int
+        The seed the subject was simulated with.
+    task : str
+        BIDS task label of the runs.
+    runs : tuple of SimulatedRun
+        One entry per run.
+    """
+
+    root: Path
+    subject: str
+    group: str
+    seed: int
+    task: str
+    runs: tuple[SimulatedRun, ...]
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """A brain-shaped EPI phantom on one grid.
+
+    Attributes
+    ----------
+    baseline : numpy.ndarray
+        Noise-free EPI intensities (float64), about 1000 in brain, 0 outside.
+    brain_mask : numpy.ndarray
+        Boolean brain mask.
+    labels : numpy.ndarray
+        int16 ROI labels (0 background), indices of :data:`ROI_DEFINITIONS`.
+    roi_names : Mapping
+        Label index -> ROI name.
+    affine : numpy.ndarray
+        4x4 voxel-to-world matrix (RAS+, mm), diagonal.
+    """
+
+    baseline: np.ndarray
+    brain_mask: np.ndarray
+    labels: np.ndarray
+    roi_names: Mapping[int, str]
+    affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The grid's shape."""
+        return self.baseline.shape
+
+
+# ---------------------------------------------------------------------------- public API
+def simulate_subject(out_dir: str | Path, subject: str, group: str, seed: int, *,
+                     paradigm: str | Path | Paradigm = "regulation",
+                     shape: Sequence[int] = (64, 64, 36), voxel_size: float = 3.5,
+                     n_runs: int = 1, motion_scale: float = 1.0,
+                     progress: bool = False) -> SimulatedSubject:
+    """Write one subject's simulated runs, and their ground truth, as a BIDS dataset.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Root of the BIDS dataset (created if missing; other subjects in it are kept).
+    subject : str
+        Alphanumeric BIDS label (``"P01"``; a leading ``"sub-"`` is dropped).
+    group : {"patient", "control"}
+        Sets the response amplitudes (:data:`GROUP_AMPLITUDES`).
+    seed : int
+        Non-negative seed. Together with ``subject`` it fixes every random draw.
+    paradigm : str, Path or Paradigm
+        A shipped paradigm's name, a paradigm file, or a :class:`~rtserver.paradigm.Paradigm`.
+    shape : sequence of 3 int
+        EPI grid shape.
+    voxel_size : float
+        Isotropic voxel size (mm).
+    n_runs : int
+        Number of runs (``run-1`` ... ``run-<n_runs>``), each with its own noise and motion.
+    motion_scale : float
+        Multiplies the planted head motion; 0 gives a motionless head.
+    progress : bool
+        Show a progress bar over volumes.
+
+    Returns
+    -------
+    SimulatedSubject
+        The paths written.
+
+    Raises
+    ------
+    InputError
+        If an argument is invalid, or the grid does not cover the ROIs.
+    """
+    subject = _check_subject(subject)
+    group = _check_choice("group", group, GROUPS)
+    seed = _check_int("seed", seed, minimum=0)
+    shape = _check_shape(shape)
+    voxel_size = _check_positive("voxel_size", voxel_size)
+    n_runs = _check_int("n_runs", n_runs, minimum=1)
+    motion_scale = _check_non_negative("motion_scale", motion_scale)
+    if not isinstance(paradigm, Paradigm):
+        paradigm = Paradigm.from_file(paradigm)
+    root = _check_out_dir(out_dir)
+
+    phantom = build_phantom(shape, voxel_size)
+    _write_dataset_files(root, subject, group)
+    seeds = np.random.SeedSequence([seed, *subject.encode("ascii")]).spawn(n_runs)
+    runs = tuple(
+        _simulate_run(root, subject, group, seed, run, paradigm, phantom, motion_scale,
+                      np.random.default_rng(seeds[run - 1]), progress)
+        for run in range(1, n_runs + 1)
+    )
+    return SimulatedSubject(root=root, subject=subject, group=group, seed=seed,
+                            task=paradigm.task, runs=runs)
+
+
+def simulate_cohort(out_dir: str | Path, n_patients: int, n_controls: int, seed: int, *,
+                    paradigm: str | Path | Paradigm = "regulation",
+                    shape: Sequence[int] = (64, 64, 36), voxel_size: float = 3.5,
+                    n_runs: int = 1, motion_scale: float = 1.0,
+                    progress: bool = True) -> tuple[SimulatedSubject, ...]:
+    """Simulate patients ``P01, P02, ...`` and controls ``C01, C02, ...`` into one dataset.
+
+    Each subject gets the same ``seed``; its draws differ because they also depend on its
+    label, and ``simulate_subject(out_dir, "P02", "patient", seed)`` reproduces it alone.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Root of the BIDS dataset.
+    n_patients, n_controls : int
+        Group sizes (non-negative, not both zero).
+    seed : int
+        Non-negative seed.
+    paradigm, shape, voxel_size, n_runs, motion_scale
+        As for :func:`simulate_subject`.
+    progress : bool
+        Show a progress bar over subjects.
+
+    Returns
+    -------
+    tuple of SimulatedSubject
+        Patients first, then controls.
+
+    Raises
+    ------
+    InputError
+        If an argument is invalid.
+    """
+    n_patients = _check_int("n_patients", n_patients, minimum=0)
+    n_controls = _check_int("n_controls", n_controls, minimum=0)
+    if n_patients + n_controls == 0:
+        raise InputError("A cohort needs at least one subject. Got 0 patients and 0 controls.")
+    if not isinstance(paradigm, Paradigm):
+        paradigm = Paradigm.from_file(paradigm)
+    width = max(2, len(str(max(n_patients, n_controls))))
+    plan = [(f"P{i:0{width}d}", "patient") for i in range(1, n_patients + 1)]
+    plan += [(f"C{i:0{width}d}", "control") for i in range(1, n_controls + 1)]
+    results = []
+    for subject, group in tqdm(plan, desc="simulate", unit="subject", disable=not progress):
+        results.append(simulate_subject(
+            out_dir, subject, group, seed, paradigm=paradigm, shape=shape,
+            voxel_size=voxel_size, n_runs=n_runs, motion_scale=motion_scale))
+    return tuple(results)
+
+
+def build_phantom(shape: Sequence[int], voxel_size: float) -> Phantom:
+    """The brain-shaped EPI phantom and its ROIs on an EPI grid.
+
+    The grid's axes are RAS+, its voxels isotropic, and its centre is the centre of mass of
+    the template's brain mask. Results are cached per ``(shape, voxel_size)`` and read-only.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        Grid shape.
+    voxel_size : float
+        Isotropic voxel size (mm).
+
+    Returns
+    -------
+    Phantom
+
+    Raises
+    ------
+    InputError
+        If an argument is invalid, or the grid holds fewer than :data:`MIN_ROI_VOXELS`
+        voxels of an ROI.
+    """
+    return _build_phantom(_check_shape(shape), _check_positive("voxel_size", voxel_size))
+
+
+def canonical_hrf(dt: float, length: float = 32.0) -> np.ndarray:
+    """SPM's canonical double-gamma HRF sampled every ``dt`` seconds, summing to 1.
+
+    Peak gamma of shape 6 (mode 5 s), undershoot gamma of shape 16 (mode 15 s), undershoot
+    ratio 1/6. Summing to 1 makes a long block's plateau equal to the block's amplitude.
+
+    Parameters
+    ----------
+    dt : float
+        Sampling interval (s).
+    length : float
+        Duration of the kernel (s).
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    t = np.arange(0.0, length, dt)
+    hrf = stats.gamma.pdf(t, 6.0) - stats.gamma.pdf(t, 16.0) / 6.0
+    return hrf / hrf.sum()
+
+
+def condition_regressors(paradigm: Paradigm,
+                         oversampling: int = OVERSAMPLING) -> dict[str, np.ndarray]:
+    """HRF-convolved block regressors, one per ``trial_type``, sampled at each volume.
+
+    Parameters
+    ----------
+    paradigm : Paradigm
+        The run.
+    oversampling : int
+        Time steps per TR for the convolution.
+
+    Returns
+    -------
+    dict
+        ``trial_type`` -> array of ``paradigm.n_volumes`` values (1 on a long block's plateau).
+    """
+    dt = paradigm.tr / oversampling
+    n_fine = paradigm.n_volumes * oversampling
+    hrf = canonical_hrf(dt)
+    boxcars: dict[str, np.ndarray] = {}
+    for event in paradigm.events():
+        start = round(event["onset"] / dt)
+        stop = round((event["onset"] + event["duration"]) / dt)
+        boxcar = boxcars.setdefault(event["trial_type"], np.zeros(n_fine))
+        boxcar[start:stop] = 1.0
+    return {
+        trial_type: np.convolve(boxcar, hrf)[:n_fine:oversampling]
+        for trial_type, boxcar in boxcars.items()
+    }
+
+
+def apply_motion(image: np.ndarray, matrix: np.ndarray, affine: np.ndarray, *,
+                 order: int = 3, mode: str = "nearest") -> np.ndarray:
+    """Move a head: the volume ``V`` with ``V(matrix @ x) = image(x)`` on the same grid.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        3D reference image.
+    matrix : numpy.ndarray
+        4x4 world (RAS, mm) rigid transform, reference -> moved (:mod:`rtserver.rigid`).
+    affine : numpy.ndarray
+        The grid's voxel-to-world matrix.
+    order : int
+        Spline order of the interpolation.
+    mode : str
+        How ``scipy.ndimage.affine_transform`` extends the image past its edges.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 image on the grid of ``image``.
+    """
+    # V[j] = image[inv(voxel_mapping) @ j]: the moved voxel j shows reference voxel M^-1 j.
+    sampling = np.linalg.inv(voxel_mapping(matrix, affine))
+    return ndimage.affine_transform(image, sampling, order=order, mode=mode)
+
+
+def motion_trajectory(n_volumes: int, rng: np.random.Generator,
+                      scale: float = 1.0) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A rigid head-motion trajectory: slow drift plus one or two single-volume spikes.
+
+    Parameters
+    ----------
+    n_volumes : int
+        Length of the run.
+    rng : numpy.random.Generator
+        Source of the random draws.
+    scale : float
+        Multiplies the whole trajectory (0: no motion, and no spikes).
+
+    Returns
+    -------
+    params : numpy.ndarray
+        ``(n_volumes, 6)``: ``trans_x, trans_y, trans_z`` (mm), ``rot_x, rot_y, rot_z``
+        (radians), relative to volume 0, whose row is zero.
+    spike_volumes : tuple of int
+        Volumes displaced by a spike (the head returns at the next volume).
+    """
+    params = np.zeros((n_volumes, 6))
+    limits = (MOTION_DRIFT_MAX[0],) * 3 + (math.radians(MOTION_DRIFT_MAX[1]),) * 3
+    for column, limit in enumerate(limits):
+        walk = ndimage.gaussian_filter1d(np.cumsum(rng.standard_normal(n_volumes)), 4.0)
+        walk -= walk[0]
+        peak = np.abs(walk).max()
+        if peak > 0:
+            params[:, column] = walk * rng.uniform(0.3, 1.0) * limit / peak
+    candidates = np.arange(max(1, n_volumes // 10), max(1, n_volumes - 2))
+    n_spikes = min(int(rng.integers(1, 3)), len(candidates))
+    spikes = np.sort(rng.choice(candidates, size=n_spikes, replace=False))
+    for volume in spikes:
+        params[volume, :3] += _random_direction(rng) * rng.uniform(*SPIKE_TRANSLATION_MM)
+        params[volume, 3:] += (_random_direction(rng)
+                               * math.radians(rng.uniform(*SPIKE_ROTATION_DEG)))
+    if scale == 0:
+        return np.zeros_like(params), ()
+    return params * scale, tuple(int(v) for v in spikes)
+
+
+# ---------------------------------------------------------------------------- phantom
+def _build_phantom(shape: tuple[int, int, int], voxel_size: float) -> Phantom:
+    phantom = _padded_phantom(shape, voxel_size, 0)
+    for index, name in phantom.roi_names.items():
+        count = int(np.count_nonzero(phantom.labels == index))
+        if count < MIN_ROI_VOXELS:
+            raise InputError(
+                f"The EPI grid {shape} at {voxel_size} mm holds {count} voxels of ROI "
+                f"{name!r}; expected at least {MIN_ROI_VOXELS}. Use a larger shape or "
+                "smaller voxels."
+            )
+    return phantom
+
+
+@functools.lru_cache(maxsize=16)
+def _padded_phantom(shape: tuple[int, int, int], voxel_size: float, pad: int) -> Phantom:
+    """The phantom of ``shape`` on a grid grown by ``pad`` voxels on every side.
+
+    The anatomy that moves into the field of view comes from the padding. Cropping the
+    padding gives the unpadded phantom (intensities are scaled on the inner grid).
+    """
+    template_img = nib.load(TEMPLATE_FILE)
+    epi_contrast, soft_mask, centre = _template_in_epi_contrast(voxel_size)
+    padded_shape = tuple(n + 2 * pad for n in shape)
+    affine = _epi_affine(shape, voxel_size, centre)
+    affine[:3, 3] -= pad * voxel_size
+    to_template = np.linalg.inv(template_img.affine) @ affine
+    intensity = _resample(epi_contrast, to_template, padded_shape, order=1)
+    mask_fraction = _resample(soft_mask, to_template, padded_shape, order=1)
+    baseline = np.clip(intensity * mask_fraction, 0.0, None)
+    brain_mask = mask_fraction > 0.5
+    inner = tuple(slice(pad, pad + n) for n in shape)
+    baseline *= BRAIN_INTENSITY / baseline[inner][brain_mask[inner]].mean()
+
+    labels, roi_names = _roi_labels(padded_shape, affine)
+    labels[~brain_mask] = 0
+    for array in (baseline, brain_mask, labels, affine):
+        array.setflags(write=False)
+    return Phantom(baseline=baseline, brain_mask=brain_mask, labels=labels,
+                   roi_names=MappingProxyType(roi_names), affine=affine)
+
+
+@functools.lru_cache(maxsize=4)
+def _template_in_epi_contrast(voxel_size: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The template's EPI-like contrast and brain mask (a fraction), and the brain's centre.
+
+    The images, on the template's grid, are smoothed to anti-alias them for sampling at
+    ``voxel_size``; the centre (world, mm) is the centre of mass of the brain mask.
+    """
+    template_img = nib.load(TEMPLATE_FILE)
+    template = np.asarray(template_img.dataobj, dtype=np.float64)
+    template_mask = _filled_mask(np.asarray(nib.load(TEMPLATE_MASK_FILE).dataobj,
+                                            dtype=np.float64))
+    epi_contrast = _epi_contrast(template, template_mask)
+    soft_mask = template_mask.astype(np.float64)
+    template_zoom = float(np.mean(template_img.header.get_zooms()[:3]))
+    fwhm = math.sqrt(max(voxel_size**2 - template_zoom**2, 0.0))
+    sigma = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / template_zoom
+    if sigma > 0:
+        epi_contrast = ndimage.gaussian_filter(epi_contrast, sigma)
+        soft_mask = ndimage.gaussian_filter(soft_mask, sigma)
+    return epi_contrast, soft_mask, _mask_centre(template_mask, template_img.affine)
+
+
+def _filled_mask(mask: np.ndarray) -> np.ndarray:
+    """The template's brain mask with the ventricles (holes, axial slice by slice) filled.
+
+    The shipped 3 mm mask is fractional and partly leaves out the ventricles, which an EPI
+    image shows bright.
+    """
+    brain = ndimage.binary_fill_holes(mask > 0.5)
+    for z in range(brain.shape[2]):
+        brain[:, :, z] = ndimage.binary_fill_holes(brain[:, :, z])
+    return brain
+
+
+def _mask_centre(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    ijk = np.argwhere(mask).mean(axis=0)
+    return affine[:3, :3] @ ijk + affine[:3, 3]
+
+
+def _epi_affine(shape: tuple[int, int, int], voxel_size: float,
+                centre: np.ndarray) -> np.ndarray:
+    """A diagonal RAS+ affine whose grid centre is ``centre`` (rounded to 0.5 mm)."""
+    affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
+    half_extent = voxel_size * (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
+    affine[:3, 3] = np.round(centre * 2.0) / 2.0 - half_extent
+    return affine
+
+
+def _epi_contrast(t1: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Remap T1 intensities to a T2*-like contrast: CSF 1.3, grey ~1.05, white 0.85."""
+    csf, white = np.percentile(t1[mask], [2.0, 95.0])
+    tissue = np.clip((t1 - csf) / (white - csf), 0.0, 1.0)  # 0 CSF ... 1 white matter
+    return np.where(mask, 1.3 - 0.45 * tissue, 0.0)
+
+
+def _resample(image: np.ndarray, to_source: np.ndarray, shape: tuple[int, int, int], *,
+              order: int) -> np.ndarray:
+    """Sample ``image`` at ``to_source @ ijk`` for every voxel ``ijk`` of ``shape``."""
+    return ndimage.affine_transform(image, to_source, output_shape=shape, order=order,
+                                    mode="constant", cval=0.0)
+
+
+def _roi_labels(shape: tuple[int, int, int],
+                affine: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    atlas_img = nib.load(ATLAS_FILE)
+    atlas = np.rint(np.asarray(atlas_img.dataobj, dtype=np.float64)).astype(np.int16)
+    names = ATLAS_LABEL_FILE.read_text(encoding="utf-8").split()
+    atlas_index = {name: number for number, name in enumerate(names, start=1)}
+    to_atlas = np.linalg.inv(atlas_img.affine) @ affine
+    resampled = _resample(atlas, to_atlas, shape, order=0)
+    labels = np.zeros(shape, dtype=np.int16)
+    roi_names = {}
+    for index, (name, regions) in ROI_DEFINITIONS.items():
+        missing = [region for region in regions if region not in atlas_index]
+        if missing:
+            raise InputError(f"Atlas label file {ATLAS_LABEL_FILE} lacks regions {missing}.")
+        labels[np.isin(resampled, [atlas_index[region] for region in regions])] = index
+        roi_names[index] = name
+    return labels, roi_names
+
+
+# ---------------------------------------------------------------------------- one run
+def _simulate_run(root: Path, subject: str, group: str, seed: int, run: int,
+                  paradigm: Paradigm, phantom: Phantom, motion_scale: float,
+                  rng: np.random.Generator, progress: bool) -> SimulatedRun:
+    n_volumes = paradigm.n_volumes
+    regressors = condition_regressors(paradigm)
+    amplitudes = _amplitudes(group, regressors)
+    params, spikes = motion_trajectory(n_volumes, rng, motion_scale)
+    centre = grid_centre(phantom.shape, phantom.affine)
+    drift = _Drift.draw(n_volumes, rng)
+    noise = _NoiseModel(phantom, DEFAULT_TSNR, DEFAULT_AR_RHO, rng)
+    renderer = _Renderer(phantom, regressors, amplitudes, params, centre)
+
+    # Moving the head (spline resampling) is the costly part and draws no random numbers,
+    # so worker threads do it; noise is added in volume order, which keeps runs
+    # reproducible.
+    bold = np.empty((*phantom.shape, n_volumes), dtype=np.int16, order="F")  # as NIfTI
+    n_workers = min(4, os.cpu_count() or 1)
+    with (ThreadPoolExecutor(max_workers=n_workers) as pool,
+          tqdm(total=n_volumes, desc=f"sub-{subject} run-{run}", unit="vol",
+               disable=not progress) as bar):
+        for start in range(0, n_volumes, 4 * n_workers):
+            chunk = range(start, min(start + 4 * n_workers, n_volumes))
+            for k, image in zip(chunk, pool.map(renderer.render, chunk), strict=True):
+                image *= 1.0 + drift.percent[k] / 100.0
+                bold[..., k] = _to_int16(noise.add(image))
+                bar.update()
+
+    paths = _run_paths(root, subject, paradigm.task, run)
+    _write_nifti(paths["bold"], bold, phantom.affine, tr=paradigm.tr)
+    _write_json(paths["sidecar"], {"RepetitionTime": paradigm.tr, "TaskName": paradigm.task})
+    _write_events(paths["events"], paradigm)
+    _write_nifti(paths["rois"], phantom.labels, phantom.affine, intent="label")
+    _write_tsv(paths["rois_tsv"], ["index", "name"],
+               [[str(i), name] for i, name in phantom.roi_names.items()])
+    _write_motion(paths["true_motion"], params)
+    truth = _truth(root, paths, subject, group, seed, run, paradigm, phantom, amplitudes,
+                   params, spikes, centre, drift, noise, motion_scale)
+    _write_json(paths["truth"], truth)
+    return SimulatedRun(run=run, spike_volumes=spikes, **paths)
+
+
+class _Renderer:
+    """The noise-free image of each volume: anatomy plus activation, moved with the head.
+
+    Volume k's image before motion is ``baseline * (1 + sum_c r_c(k) a_c roi / 100)``.
+    Resampling is linear, so its spline coefficients are the same combination of
+    per-condition coefficients, which are computed once. They are computed on a grid grown
+    past the field of view, so that anatomy moving into view is the template's, not an
+    extrapolation. Only the box the moved brain can reach is resampled (0 outside it).
+    """
+
+    def __init__(self, phantom: Phantom, regressors: dict[str, np.ndarray],
+                 amplitudes: dict[str, float], params: np.ndarray,
+                 centre: np.ndarray) -> None:
+        self.phantom = phantom
+        self.regressors = regressors
+        self.params = params
+        self.centre = centre
+        self.responses = _responses(phantom, amplitudes)
+        voxel_size = float(phantom.affine[0, 0])
+        self.pad = 4 + math.ceil(_largest_displacement(params, centre, phantom) / voxel_size)
+        padded = _padded_phantom(phantom.shape, voxel_size, self.pad)
+        self.baseline_coefficients = _spline(padded.baseline)
+        self.coefficients = {c: _spline(image)
+                             for c, image in _responses(padded, amplitudes).items()}
+        support = np.argwhere(padded.baseline > 0) - self.pad  # field-of-view voxels
+        self.support = (support.min(axis=0), support.max(axis=0))
+
+    def render(self, k: int) -> np.ndarray:
+        """Volume ``k``'s noise-free image (float64, a new array)."""
+        if not np.any(self.params[k]):
+            image = self.phantom.baseline.copy()
+            for condition, response in self.responses.items():
+                image += self.regressors[condition][k] * response
+            return image
+        coefficients = self.baseline_coefficients.copy()
+        for condition, coefficient in self.coefficients.items():
+            coefficients += self.regressors[condition][k] * coefficient
+        matrix = params_to_matrix(self.params[k], self.centre)
+        mapping = voxel_mapping(matrix, self.phantom.affine)  # reference -> moved voxels
+        low, high = _moved_box(*self.support, mapping, self.phantom.shape)
+        image = np.zeros(self.phantom.shape)
+        if np.all(high > low):
+            # Moved voxel (low + o) shows reference voxel inv(mapping) @ (low + o), which is
+            # voxel (that + pad) of the padded grid.
+            into_box, into_padding = np.eye(4), np.eye(4)
+            into_box[:3, 3] = low
+            into_padding[:3, 3] = self.pad
+            sampling = into_padding @ np.linalg.inv(mapping) @ into_box
+            image[low[0]:high[0], low[1]:high[1], low[2]:high[2]] = ndimage.affine_transform(
+                coefficients, sampling, output_shape=tuple(high - low), order=3,
+                mode="mirror", prefilter=False)
+        return image
+
+
+def _responses(phantom: Phantom, amplitudes: dict[str, float]) -> dict[str, np.ndarray]:
+    """Per condition, the image added per unit of its regressor (ROI voxels only)."""
+    in_roi = phantom.labels > 0
+    return {c: phantom.baseline * in_roi * (a / 100.0) for c, a in amplitudes.items()}
+
+
+def _largest_displacement(params: np.ndarray, centre: np.ndarray, phantom: Phantom) -> float:
+    """The farthest any corner of the field of view moves over the run (mm)."""
+    high = np.asarray(phantom.shape) - 1.0
+    corners = np.array([[x, y, z, 1.0] for x in (0, high[0]) for y in (0, high[1])
+                        for z in (0, high[2])]).T
+    world = phantom.affine @ corners
+    largest = 0.0
+    for row in params:
+        moved = params_to_matrix(row, centre) @ world
+        largest = max(largest, float(np.linalg.norm(moved - world, axis=0).max()))
+    return largest
+
+
+def _moved_box(low: np.ndarray, high: np.ndarray, mapping: np.ndarray,
+               shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel box (start, stop) holding the moved image of the box ``low..high``."""
+    corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0])
+                        for y in (low[1], high[1]) for z in (low[2], high[2])])
+    moved = (mapping @ corners.T)[:3]
+    start = np.maximum(np.floor(moved.min(axis=1)).astype(int) - 2, 0)
+    stop = np.minimum(np.ceil(moved.max(axis=1)).astype(int) + 3, shape)
+    return start, stop
+
+
+def _amplitudes(group: str, regressors: dict[str, np.ndarray]) -> dict[str, float]:
+    table = GROUP_AMPLITUDES[group]
+    unknown = sorted(set(regressors) - set(table))
+    if unknown:
+        logger.info("Trial types %s have no planted response (amplitude 0).", unknown)
+    return {trial_type: float(table.get(trial_type, 0.0)) for trial_type in regressors}
+
+
+@dataclass(frozen=True)
+class _Drift:
+    """Scanner drift in percent of the signal: a linear ramp plus a half cosine."""
+
+    linear: float
+    cosine: float
+    percent: np.ndarray
+
+    @classmethod
+    def draw(cls, n_volumes: int, rng: np.random.Generator) -> _Drift:
+        u = np.linspace(0.0, 1.0, n_volumes)
+        linear = float(rng.uniform(-1.0, 1.0) * DRIFT_MAX_PERCENT[0])
+        cosine = float(rng.uniform(-1.0, 1.0) * DRIFT_MAX_PERCENT[1])
+        return cls(linear, cosine, linear * u + cosine * np.cos(np.pi * u))
+
+
+class _NoiseModel:
+    """AR(1) physiological noise proportional to the signal plus Rician thermal noise.
+
+    At the median brain intensity the two together give a temporal SNR of ``tsnr``.
+    """
+
+    def __init__(self, phantom: Phantom, tsnr: float, rho: float,
+                 rng: np.random.Generator) -> None:
+        self.tsnr = tsnr
+        self.rho = rho
+        self.rng = rng
+        self.reference_intensity = float(np.median(phantom.baseline[phantom.brain_mask]))
+        total_sd = self.reference_intensity / tsnr
+        self.thermal_sd = total_sd * math.sqrt(1.0 - PHYSIOLOGICAL_VARIANCE_FRACTION)
+        # Physiological standard deviation as a fraction of the local signal.
+        self.physiological_fraction = (total_sd / self.reference_intensity
+                                       * math.sqrt(PHYSIOLOGICAL_VARIANCE_FRACTION))
+        self._state: np.ndarray | None = None
+
+    def add(self, image: np.ndarray) -> np.ndarray:
+        """The next volume of the run: ``image`` (noise-free) with noise, float32."""
+        shape = image.shape
+        innovation = self.rng.standard_normal(shape, dtype=np.float32)
+        if self._state is None:
+            self._state = innovation
+        else:
+            self._state *= np.float32(self.rho)
+            self._state += np.float32(math.sqrt(1.0 - self.rho**2)) * innovation
+        signal = image.astype(np.float32)
+        signal *= 1.0 + np.float32(self.physiological_fraction) * self._state
+        thermal_sd = np.float32(self.thermal_sd)
+        signal += thermal_sd * self.rng.standard_normal(shape, dtype=np.float32)
+        imaginary = thermal_sd * self.rng.standard_normal(shape, dtype=np.float32)
+        return np.hypot(signal, imaginary, out=signal)
+
+
+def _spline(image: np.ndarray) -> np.ndarray:
+    return ndimage.spline_filter(image, order=3, mode="mirror")
+
+
+def _to_int16(image: np.ndarray) -> np.ndarray:
+    info = np.iinfo(np.int16)
+    return np.clip(np.rint(image), info.min, info.max).astype(np.int16)
+
+
+def _random_direction(rng: np.random.Generator) -> np.ndarray:
+    vector = rng.standard_normal(3)
+    return vector / np.linalg.norm(vector)
+
+
+# ---------------------------------------------------------------------------- writing
+def _run_paths(root: Path, subject: str, task: str, run: int) -> dict[str, Path]:
+    stem = f"sub-{subject}_task-{task}_run-{run}"
+    raw = root / f"sub-{subject}" / "func"
+    truth = root / "derivatives" / "simulator" / f"sub-{subject}" / "func"
+    raw.mkdir(parents=True, exist_ok=True)
+    truth.mkdir(parents=True, exist_ok=True)
+    return {
+        "bold": raw / f"{stem}_bold.nii.gz",
+        "sidecar": raw / f"{stem}_bold.json",
+        "events": raw / f"{stem}_events.tsv",
+        "rois": truth / f"{stem}_space-EPI_desc-rois_dseg.nii.gz",
+        "rois_tsv": truth / f"{stem}_space-EPI_desc-rois_dseg.tsv",
+        "true_motion": truth / f"{stem}_desc-truemotion_timeseries.tsv",
+        "truth": truth / f"{stem}_desc-truth.json",
+    }
+
+
+def _write_dataset_files(root: Path, subject: str, group: str) -> None:
+    generated_by = [{
+        "Name": SIMULATOR_NAME,
+        "Version": __version__,
+        "Description": "Synthetic EPI runs with planted activation, noise and head motion.",
+    }]
+    _write_json(root / "dataset_description.json", {
+        "Name": "rtserver simulated cue-reactivity dataset",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "raw",
+        "GeneratedBy": generated_by,
+    })
+    readme = root / "README"
+    if not readme.exists():
+        readme.write_text(
+            "Synthetic fMRI data written by `rtserver simulate`. The ground truth (planted "
+            "motion, effect sizes, ROIs, seeds) is under derivatives/simulator/.\n",
+            encoding="utf-8")
+    _update_participants(root, subject, group)
+    _write_json(root / "participants.json", {
+        "participant_id": {"Description": "Simulated subject label."},
+        "group": {
+            "Description": "Simulated group; sets the planted drug and food responses.",
+            "Levels": {"patient": "in treatment for heroin use disorder",
+                       "control": "healthy control"},
+        },
+    })
+    derivatives = root / "derivatives" / "simulator"
+    derivatives.mkdir(parents=True, exist_ok=True)
+    _write_json(derivatives / "dataset_description.json", {
+        "Name": "rtserver simulator ground truth",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": generated_by,
+    })
+
+
+def _update_participants(root: Path, subject: str, group: str) -> None:
+    path = root / "participants.tsv"
+    rows: dict[str, str] = {}
+    if path.exists():
+        with path.open(encoding="utf-8", newline="") as stream:
+            for row in csv.DictReader(stream, delimiter="\t"):
+                if row.get("participant_id"):
+                    rows[row["participant_id"]] = row.get("group", "n/a")
+    rows[f"sub-{subject}"] = group
+    _write_tsv(path, ["participant_id", "group"], [[p, rows[p]] for p in sorted(rows)])
+
+
+def _write_events(path: Path, paradigm: Paradigm) -> None:
+    rows = [[f"{e['onset']:.3f}", f"{e['duration']:.3f}", e["trial_type"]]
+            for e in paradigm.events()]
+    _write_tsv(path, ["onset", "duration", "trial_type"], rows)
+
+
+def _write_motion(path: Path, params: np.ndarray) -> None:
+    rows = []
+    for k, row in enumerate(params):
+        fd = "n/a" if k == 0 else f"{framewise_displacement(params[k - 1], row):.8f}"
+        rows.append([f"{value:.8f}" for value in row] + [fd])
+    _write_tsv(path, [*PARAMETER_NAMES, "framewise_displacement"], rows)
+
+
+def _write_tsv(path: Path, columns: list[str], rows: list[list[str]]) -> None:
+    lines = ["\t".join(columns), *("\t".join(row) for row in rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _write_json(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, *,
+                 tr: float | None = None, intent: str | None = None) -> None:
+    """Write int16 NIfTI-1, gzipped without a timestamp so equal data give equal bytes."""
+    image = nib.Nifti1Image(np.asarray(data, dtype=np.int16), affine)
+    header = image.header
+    header.set_data_dtype(np.int16)
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    zooms = tuple(float(z) for z in np.abs(np.diag(affine)[:3]))
+    if tr is not None:
+        header.set_zooms((*zooms, float(tr)))
+    header.set_xyzt_units("mm", "sec")
+    if intent is not None:
+        header.set_intent(intent)
+    header["descrip"] = f"{SIMULATOR_NAME} {__version__}".encode("ascii")
+    path.write_bytes(gzip.compress(image.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
+
+
+def _truth(root: Path, paths: dict[str, Path], subject: str, group: str, seed: int,
+           run: int, paradigm: Paradigm, phantom: Phantom, amplitudes: dict[str, float],
+           params: np.ndarray, spikes: tuple[int, ...], centre: np.ndarray,
+           drift: _Drift, noise: _NoiseModel, motion_scale: float) -> dict:
+    relative = {key: path.relative_to(root).as_posix() for key, path in paths.items()}
+    roi_voxels = {name: int(np.count_nonzero(phantom.labels == index))
+                  for index, name in phantom.roi_names.items()}
+    return {
+        "subject": subject,
+        "group": group,
+        "seed": seed,
+        "task": paradigm.task,
+        "run": run,
+        "software": {"name": SIMULATOR_NAME, "version": __version__},
+        "paradigm": paradigm.name,
+        "repetition_time": paradigm.tr,
+        "n_volumes": paradigm.n_volumes,
+        "shape": list(phantom.shape),
+        "affine": phantom.affine.tolist(),
+        "files": relative,
+        "rois": {
+            "file": relative["rois"],
+            "labels": {str(i): name for i, name in phantom.roi_names.items()},
+            "n_voxels": roi_voxels,
+            "atlas": "Tian S2 3T (MNI152NLin6Asym 2 mm), nearest neighbour",
+            "atlas_regions": {ROI_DEFINITIONS[i][0]: list(ROI_DEFINITIONS[i][1])
+                              for i in phantom.roi_names},
+        },
+        "amplitudes_percent": {name: amplitudes for name in phantom.roi_names.values()},
+        "hrf": {"model": "double gamma (SPM canonical)", "peak_shape": 6.0,
+                "undershoot_shape": 16.0, "undershoot_ratio": 1.0 / 6.0,
+                "normalisation": "kernel sums to 1 (block plateau = amplitude)",
+                "sample_time": "volume onset (index * TR)"},
+        "noise": {
+            "tsnr": noise.tsnr,
+            "ar_rho": noise.rho,
+            "reference_intensity": round(noise.reference_intensity, 4),
+            "thermal_sd": round(noise.thermal_sd, 4),
+            "physiological_sd_fraction": round(noise.physiological_fraction, 6),
+            "physiological_variance_fraction": PHYSIOLOGICAL_VARIANCE_FRACTION,
+        },
+        "drift_percent": {
+            "model": "signal * (1 + (linear * u + cosine * cos(pi * u)) / 100), "
+                     "u = index / (n_volumes - 1)",
+            "linear": round(drift.linear, 6),
+            "cosine": round(drift.cosine, 6),
+        },
+        "motion": {
+            "file": relative["true_motion"],
+            "scale": motion_scale,
+            "spike_volumes": list(spikes),
+            "max_abs_translation_mm": round(float(np.abs(params[:, :3]).max()), 6),
+            "max_abs_rotation_deg": round(float(np.degrees(np.abs(params[:, 3:]).max())), 6),
+            "centre_mm": [round(float(c), 6) for c in centre],
+            "convention": "rtserver.rigid: M = params_to_matrix(params, centre) maps "
+                          "reference world coordinates to volume k's; V_k(M @ x) = V_0(x)",
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- checks
+def _check_subject(subject: object) -> str:
+    if not isinstance(subject, str):
+        raise InputError(f"subject should be a text label such as 'P01'. Got {subject!r}.")
+    label = subject.removeprefix("sub-")
+    if not (label.isascii() and label.isalnum()):
+        raise InputError(
+            f"subject should be an alphanumeric BIDS label such as 'P01'. Got {subject!r}."
+        )
+    return label
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise InputError(f"{name} should be one of {', '.join(choices)}. Got {value!r}.")
+    return str(value)
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise InputError(f"{name} should be an integer >= {minimum}. Got {value!r}.")
+    return int(value)
+
+
+def _check_positive(name: str, value: object) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float | np.number)
+            or not math.isfinite(value) or value <= 0):
+        raise InputError(f"{name} should be a positive number. Got {value!r}.")
+    return float(value)
+
+
+def _check_non_negative(name: str, value: object) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float | np.number)
+            or not math.isfinite(value) or value < 0):
+        raise InputError(f"{name} should be a number >= 0. Got {value!r}.")
+    return float(value)
+
+
+def _check_shape(shape: object) -> tuple[int, int, int]:
+    try:
+        values = tuple(shape)  # type: ignore[arg-type]
+    except TypeError:
+        values = None
+    if (values is None or len(values) != 3
+            or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0
+                       for v in values)):
+        raise InputError(f"shape should be 3 positive integers (x, y, z). Got {shape!r}.")
+    return tuple(int(v) for v in values)
+
+
+def _check_out_dir(out_dir: object) -> Path:
+    try:
+        root = Path(out_dir)  # type: ignore[arg-type]
+    except TypeError:
+        raise InputError(f"out_dir should be a folder path. Got {out_dir!r}.") from None
+    if root.exists() and not root.is_dir():
+        raise InputError(f"out_dir should be a folder. Got the file {root}.")
+    root.mkdir(parents=True, exist_ok=True)
+    return root.resolve()

@@ -1,0 +1,475 @@
+"""Tests of the simulator against its planted ground truth.
+
+Each check compares the written data with the truth it was built from, through code written
+here independently of ``rtserver/simulate.py`` (HRF, GLM, motion direction).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from rtserver import __version__
+from rtserver.errors import InputError
+from rtserver.paradigm import Paradigm
+from rtserver.rigid import framewise_displacement, grid_centre, params_to_matrix, voxel_mapping
+from rtserver.simulate import (
+    GROUP_AMPLITUDES,
+    MOTION_DRIFT_MAX,
+    SimulatedSubject,
+    _padded_phantom,
+    _Renderer,
+    apply_motion,
+    build_phantom,
+    condition_regressors,
+    motion_trajectory,
+    simulate_cohort,
+    simulate_subject,
+)
+
+#: A grid smaller than the default, still covering the striatum, to keep the tests fast.
+SMALL = (40, 48, 30)
+VOXEL = 3.5
+MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
+                  "framewise_displacement"]
+TINY_PARADIGM = """
+name = "tiny"
+task = "tiny"
+tr = 2.0
+
+[[blocks]]
+condition = "fixation"
+duration = 4.0
+
+[[blocks]]
+condition = "look"
+cue = "drug"
+duration = 8.0
+
+[[blocks]]
+condition = "fixation"
+duration = 4.0
+
+[[blocks]]
+condition = "savor"
+cue = "food"
+duration = 8.0
+
+[[blocks]]
+condition = "fixation"
+duration = 4.0
+"""
+
+
+# ---------------------------------------------------------------------------- helpers
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as stream:
+        return list(csv.DictReader(stream, delimiter="\t"))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_data(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def spm_hrf(dt: float) -> np.ndarray:
+    """SPM's canonical HRF (peak gamma shape 6, undershoot shape 16, ratio 1/6), sum 1."""
+    t = np.arange(0.0, 32.0, dt)
+    hrf = stats.gamma.pdf(t, 6) - stats.gamma.pdf(t, 16) / 6
+    return hrf / hrf.sum()
+
+
+def glm_design(events: list[dict[str, str]], n_volumes: int,
+               tr: float) -> tuple[list[str], np.ndarray]:
+    """Block regressors (HRF-convolved, sampled at volume onsets) + intercept + drift."""
+    oversampling = 10
+    dt = tr / oversampling
+    trial_types = sorted({event["trial_type"] for event in events})
+    columns = []
+    for trial_type in trial_types:
+        boxcar = np.zeros(n_volumes * oversampling)
+        for event in events:
+            if event["trial_type"] == trial_type:
+                onset, duration = float(event["onset"]), float(event["duration"])
+                boxcar[round(onset / dt):round((onset + duration) / dt)] = 1.0
+        columns.append(np.convolve(boxcar, spm_hrf(dt))[:len(boxcar):oversampling])
+    u = np.linspace(0.0, 1.0, n_volumes)
+    nuisance = [np.ones(n_volumes), u - 0.5] + [np.cos(np.pi * j * u) for j in (1, 2, 3)]
+    return trial_types, np.column_stack(columns + nuisance)
+
+
+def percent_signal_change(run) -> dict[str, float]:
+    """Least-squares amplitudes (percent of the baseline) of the mean ROI time series."""
+    bold = load_data(run.bold).astype(np.float64)
+    labels = load_data(run.rois)
+    series = bold[labels == 1].mean(axis=0)
+    trial_types, design = glm_design(read_tsv(run.events), bold.shape[-1], 2.0)
+    beta = np.linalg.lstsq(design, series, rcond=None)[0]
+    intercept = beta[len(trial_types)]
+    return {t: 100.0 * b / intercept for t, b in zip(trial_types, beta, strict=False)}
+
+
+def blob(shape: tuple[int, int, int], centre_ijk: np.ndarray, sigma: float) -> np.ndarray:
+    grid = np.indices(shape, dtype=np.float64)
+    distance2 = sum((grid[i] - centre_ijk[i]) ** 2 for i in range(3))
+    return np.exp(-distance2 / (2.0 * sigma**2))
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_paradigm(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("paradigm") / "tiny.toml"
+    path.write_text(TINY_PARADIGM, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory) -> SimulatedSubject:
+    """A patient's regulation run with motion."""
+    return simulate_subject(tmp_path_factory.mktemp("patient"), "P01", "patient", 7,
+                            shape=SMALL, voxel_size=VOXEL)
+
+
+@pytest.fixture(scope="module")
+def large_motion(tmp_path_factory, tiny_paradigm) -> SimulatedSubject:
+    """A short run with three times the usual motion (spikes of 3-6 mm)."""
+    return simulate_subject(tmp_path_factory.mktemp("large"), "P01", "patient", 2,
+                            paradigm=tiny_paradigm, shape=SMALL, voxel_size=VOXEL,
+                            motion_scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def still_runs(tmp_path_factory) -> dict[str, SimulatedSubject]:
+    """A patient and a control without head motion, in one dataset."""
+    root = tmp_path_factory.mktemp("still")
+    return {
+        group: simulate_subject(root, subject, group, 11, shape=SMALL, voxel_size=VOXEL,
+                                motion_scale=0.0)
+        for subject, group in (("P01", "patient"), ("C01", "control"))
+    }
+
+
+# ---------------------------------------------------------------------------- determinism
+def test_same_seed_same_bytes_different_seed_different_bold(tmp_path, tiny_paradigm):
+    kwargs = {"paradigm": tiny_paradigm, "shape": SMALL, "voxel_size": VOXEL}
+    first = simulate_subject(tmp_path / "a", "P01", "patient", 3, **kwargs)
+    second = simulate_subject(tmp_path / "b", "P01", "patient", 3, **kwargs)
+    other = simulate_subject(tmp_path / "c", "P01", "patient", 4, **kwargs)
+
+    files_first, files_second = all_files(first.root), all_files(second.root)
+    assert len(files_first) >= 12
+    assert files_first.keys() == files_second.keys()
+    differing = [name for name in files_first if files_first[name] != files_second[name]]
+    assert differing == []
+    bold = first.runs[0].bold.relative_to(first.root).as_posix()
+    assert all_files(other.root)[bold] != files_first[bold]
+    assert not np.array_equal(load_data(first.runs[0].bold), load_data(other.runs[0].bold))
+
+
+def test_cohort_reproduces_single_subjects_and_lists_participants(tmp_path, tiny_paradigm):
+    kwargs = {"paradigm": tiny_paradigm, "shape": SMALL, "voxel_size": VOXEL, "n_runs": 2}
+    cohort = simulate_cohort(tmp_path / "cohort", 1, 2, 5, progress=False, **kwargs)
+    assert [(s.subject, s.group) for s in cohort] == [
+        ("P01", "patient"), ("C01", "control"), ("C02", "control")]
+    rows = read_tsv(tmp_path / "cohort" / "participants.tsv")
+    assert rows == [{"participant_id": "sub-C01", "group": "control"},
+                    {"participant_id": "sub-C02", "group": "control"},
+                    {"participant_id": "sub-P01", "group": "patient"}]
+
+    alone = simulate_subject(tmp_path / "alone", "C02", "control", 5, **kwargs)
+    for run_cohort, run_alone in zip(cohort[2].runs, alone.runs, strict=True):
+        assert run_cohort.bold.read_bytes() == run_alone.bold.read_bytes()
+    # Runs and subjects draw different noise and motion.
+    c02 = [load_data(run.bold) for run in cohort[2].runs]
+    assert not np.array_equal(c02[0], c02[1])
+    assert not np.array_equal(load_data(cohort[1].runs[0].bold), c02[0])
+
+
+# ---------------------------------------------------------------------------- format
+def test_bold_image_has_requested_geometry(patient):
+    run = patient.runs[0]
+    image = nib.load(run.bold)
+    paradigm = Paradigm.from_file("regulation")
+    assert image.shape == (*SMALL, paradigm.n_volumes) == (*SMALL, 140)
+    assert image.get_data_dtype() == np.int16
+    assert image.header.get_zooms() == pytest.approx((VOXEL, VOXEL, VOXEL, 2.0))
+    assert image.header.get_xyzt_units() == ("mm", "sec")
+    affine = image.affine
+    assert np.allclose(affine[:3, :3], np.eye(3) * VOXEL)  # RAS+, diagonal
+    assert np.allclose(affine, read_json(run.truth)["affine"])
+    data = np.asarray(image.dataobj)
+    brain = data[..., 0][load_data(run.rois) > 0]
+    assert 700 < brain.mean() < 1400  # scanner-like int16 values in brain
+    # The brain sits near the middle of the field of view: its centre of mass (world) is
+    # within 1.5 voxels of the grid centre.
+    mean_image = data.mean(axis=-1)
+    com_ijk = np.array(ndimage.center_of_mass(mean_image > 0.5 * mean_image.max()))
+    com = affine[:3, :3] @ com_ijk + affine[:3, 3]
+    assert np.linalg.norm(com - grid_centre(SMALL, affine)) < 1.5 * VOXEL * math.sqrt(3)
+
+
+def test_epi_contrast_csf_brighter_than_grey_brighter_than_white():
+    phantom = build_phantom((64, 64, 36), 3.5)
+    baseline = phantom.baseline[phantom.brain_mask]
+    assert 950 < baseline.mean() < 1050
+    # Lateral ventricle (CSF), caudate head (grey) and centrum semiovale (white), in MNI mm.
+    points = {"csf": (-4, 2, 16), "grey": (-13, 12, 10), "white": (-26, -10, 30)}
+    inverse = np.linalg.inv(phantom.affine)
+    value = {name: phantom.baseline[tuple(np.round(inverse @ (*p, 1))[:3].astype(int))]
+             for name, p in points.items()}
+    assert value["csf"] > value["grey"] > value["white"]
+    assert phantom.baseline[0, 0, :].max() == 0  # nothing outside the head
+
+
+def test_events_match_paradigm_and_bids_files(patient):
+    run = patient.runs[0]
+    paradigm = Paradigm.from_file("regulation")
+    events = read_tsv(run.events)
+    assert list(events[0]) == ["onset", "duration", "trial_type"]
+    assert [(float(e["onset"]), float(e["duration"]), e["trial_type"]) for e in events] == [
+        (e["onset"], e["duration"], e["trial_type"]) for e in paradigm.events()]
+
+    root = patient.root
+    description = read_json(root / "dataset_description.json")
+    assert description["BIDSVersion"] == "1.9.0"
+    assert description["DatasetType"] == "raw"
+    assert description["Name"]
+    assert description["GeneratedBy"][0]["Version"] == __version__
+    derivative = read_json(root / "derivatives" / "simulator" / "dataset_description.json")
+    assert derivative["DatasetType"] == "derivative"
+    assert derivative["GeneratedBy"][0]["Name"]
+    assert read_tsv(root / "participants.tsv") == [{"participant_id": "sub-P01",
+                                                    "group": "patient"}]
+    assert read_json(run.sidecar) == {"RepetitionTime": 2.0, "TaskName": "regulation"}
+    stem = "sub-P01_task-regulation_run-1"
+    assert run.bold == root / "sub-P01" / "func" / f"{stem}_bold.nii.gz"
+    truth_dir = root / "derivatives" / "simulator" / "sub-P01" / "func"
+    assert run.rois == truth_dir / f"{stem}_space-EPI_desc-rois_dseg.nii.gz"
+    assert run.true_motion == truth_dir / f"{stem}_desc-truemotion_timeseries.tsv"
+    assert run.truth == truth_dir / f"{stem}_desc-truth.json"
+
+
+def test_roi_labels_and_truth(patient):
+    run = patient.runs[0]
+    labels_image = nib.load(run.rois)
+    labels = np.asarray(labels_image.dataobj)
+    assert labels_image.get_data_dtype() == np.int16
+    assert labels.shape == SMALL
+    assert np.allclose(labels_image.affine, nib.load(run.bold).affine)
+    assert read_tsv(run.rois_tsv) == [{"index": "1", "name": "ventral_striatum"}]
+    n_voxels = int(np.count_nonzero(labels == 1))
+    assert n_voxels >= 20
+    assert set(np.unique(labels)) == {0, 1}
+    # Both hemispheres: voxels on either side of x = 0 (world).
+    affine = labels_image.affine
+    x_world = affine[0, 0] * np.argwhere(labels == 1)[:, 0] + affine[0, 3]
+    assert (x_world < 0).sum() > 5 and (x_world > 0).sum() > 5
+
+    truth = read_json(run.truth)
+    assert truth["group"] == "patient" and truth["seed"] == 7
+    assert truth["software"]["version"] == __version__
+    assert truth["rois"]["labels"] == {"1": "ventral_striatum"}
+    assert truth["rois"]["n_voxels"] == {"ventral_striatum": n_voxels}
+    expected = dict(GROUP_AMPLITUDES["patient"])
+    assert truth["amplitudes_percent"]["ventral_striatum"] == expected
+    assert truth["noise"]["tsnr"] == 60.0 and truth["noise"]["ar_rho"] == 0.3
+    assert truth["motion"]["spike_volumes"] == list(run.spike_volumes)
+
+
+def test_group_amplitudes_follow_the_finding():
+    patient, control = GROUP_AMPLITUDES["patient"], GROUP_AMPLITUDES["control"]
+    assert patient["look_drug"] > patient["look_food"]
+    assert control["look_drug"] < control["look_food"]
+    for table in (patient, control):
+        assert table["reappraise_drug"] < table["look_drug"]
+        assert table["savor_food"] > table["look_food"]
+        assert all(0.5 <= value <= 2.0 for value in table.values())
+
+
+# ---------------------------------------------------------------------------- motion
+def test_true_motion_file_follows_fmriprep_columns_and_limits(patient):
+    run = patient.runs[0]
+    rows = read_tsv(run.true_motion)
+    assert list(rows[0]) == MOTION_COLUMNS
+    assert len(rows) == 140
+    params = np.array([[float(row[c]) for c in MOTION_COLUMNS[:6]] for row in rows])
+    assert np.all(params[0] == 0.0)
+    assert rows[0]["framewise_displacement"] == "n/a"
+    fd = [framewise_displacement(params[k - 1], params[k]) for k in range(1, len(params))]
+    written = [float(row["framewise_displacement"]) for row in rows[1:]]
+    assert written == pytest.approx(fd, abs=1e-5)  # parameters are written to 1e-8
+
+    spikes = list(run.spike_volumes)
+    assert 1 <= len(spikes) <= 2
+    still = np.setdiff1d(np.arange(140), spikes)
+    assert np.abs(params[still, :3]).max() <= MOTION_DRIFT_MAX[0] + 1e-9
+    assert np.degrees(np.abs(params[still, 3:]).max()) <= MOTION_DRIFT_MAX[1] + 1e-6
+    assert np.abs(params[still, :3]).max() > 0.05  # it does drift
+    for volume in spikes:
+        jump = np.linalg.norm(params[volume, :3] - params[volume - 1, :3])
+        assert 0.9 < jump < 2.1  # a 1-2 mm spike on top of a slow drift
+
+
+def test_apply_motion_moves_a_point_to_matrix_times_point():
+    """Independent of the resampler: a blob at world point p ends up at M @ p."""
+    shape = (40, 44, 36)
+    affine = np.array([[2.0, 0, 0, -40], [0, 2.0, 0, -50], [0, 0, 2.0, -30], [0, 0, 0, 1]])
+    centre_ijk = np.array([17.0, 25.0, 15.0])
+    image = blob(shape, centre_ijk, sigma=2.5)
+    matrix = params_to_matrix([4.0, -3.0, 2.0, 0.08, -0.05, 0.1], grid_centre(shape, affine))
+    moved = apply_motion(image, matrix, affine)
+
+    point = affine @ (*centre_ijk, 1.0)
+    found_ijk = np.array(ndimage.center_of_mass(np.clip(moved, 0, None)))
+    found = affine[:3, :3] @ found_ijk + affine[:3, 3]
+    assert np.linalg.norm(found - (matrix @ point)[:3]) < 0.1  # mm
+    assert np.linalg.norm(found - (np.linalg.inv(matrix) @ point)[:3]) > 5.0
+
+
+def test_planted_motion_is_undone_by_sampling_at_matrix_times_x(large_motion):
+    """V_k sampled at M_k @ x reproduces volume 0; the inverse matrix makes it worse."""
+    run = large_motion.runs[0]
+    bold = load_data(run.bold).astype(np.float64)
+    affine = nib.load(run.bold).affine
+    rows = read_tsv(run.true_motion)
+    params = np.array([[float(row[c]) for c in MOTION_COLUMNS[:6]] for row in rows])
+    k = int(np.argmax(np.linalg.norm(params[:, :3], axis=1)))
+    assert k in run.spike_volumes and np.linalg.norm(params[k, :3]) > 2.5
+    matrix = params_to_matrix(params[k], grid_centre(SMALL, affine))
+
+    reference, moved = bold[..., 0], bold[..., k]
+    brain = reference > 0.5 * np.median(reference[reference > 300])
+    brain[:3], brain[-3:], brain[:, :3], brain[:, -3:] = False, False, False, False
+    brain[:, :, :3], brain[:, :, -3:] = False, False  # V_k is unknown past its edges
+
+    def rms(image: np.ndarray) -> float:
+        scale = reference[brain].mean() / image[brain].mean()  # ignore the scanner drift
+        return float(np.sqrt(np.mean((scale * image[brain] - reference[brain]) ** 2)))
+
+    def sampled_at(mapping: np.ndarray) -> np.ndarray:
+        return ndimage.affine_transform(moved, mapping, order=3, mode="nearest")
+
+    corrected = rms(sampled_at(voxel_mapping(matrix, affine)))
+    uncorrected = rms(moved)
+    wrong_way = rms(sampled_at(voxel_mapping(np.linalg.inv(matrix), affine)))
+    noise_floor = math.sqrt(2) * 1000 / 60  # two volumes' noise at tSNR 60
+    assert corrected < 2 * noise_floor  # noise plus two interpolations at sharp edges
+    assert uncorrected > 3 * corrected
+    assert wrong_way > 1.4 * uncorrected
+
+
+def test_renderer_matches_full_grid_resampling():
+    """The fast path (shared spline coefficients, padded grid, cropped box) equals
+    apply_motion of the volume's noise-free image on the padded grid."""
+    phantom = build_phantom(SMALL, VOXEL)
+    paradigm = Paradigm.from_file("regulation")
+    regressors = condition_regressors(paradigm)
+    amplitudes = dict(GROUP_AMPLITUDES["patient"])
+    params, _ = motion_trajectory(paradigm.n_volumes, np.random.default_rng(0), scale=3.0)
+    centre = grid_centre(SMALL, phantom.affine)
+    renderer = _Renderer(phantom, regressors, amplitudes, params, centre)
+    padded = _padded_phantom(SMALL, VOXEL, renderer.pad)
+    inner = tuple(slice(renderer.pad, renderer.pad + n) for n in SMALL)
+    np.testing.assert_allclose(padded.baseline[inner], phantom.baseline, rtol=1e-9)
+    np.testing.assert_array_equal(padded.labels[inner], phantom.labels)
+    assert np.allclose(grid_centre(padded.baseline.shape, padded.affine), centre)
+    for k in (0, 30, 90):
+        clean = padded.baseline * (1 + sum(
+            regressors[c][k] * a / 100 * (padded.labels > 0) for c, a in amplitudes.items()))
+        matrix = params_to_matrix(params[k], centre)
+        expected = apply_motion(clean, matrix, padded.affine, mode="mirror")[inner]
+        np.testing.assert_allclose(renderer.render(k), expected, atol=1e-6 * clean.max())
+
+
+def test_hrf_regressors_match_an_independent_convolution():
+    paradigm = Paradigm.from_file("regulation")
+    regressors = condition_regressors(paradigm)
+    events = [{k: str(v) for k, v in e.items()} for e in paradigm.events()]
+    trial_types, design = glm_design(events, paradigm.n_volumes, paradigm.tr)
+    assert sorted(regressors) == trial_types
+    for column, trial_type in enumerate(trial_types):
+        np.testing.assert_allclose(regressors[trial_type], design[:, column], atol=0.01)
+    look_drug = regressors["look_drug"]  # one 20 s block from 10 s
+    assert look_drug[:5].max() < 1e-3 and look_drug.min() < -0.05  # delay and undershoot
+
+
+# ---------------------------------------------------------------------------- signal
+def test_glm_recovers_planted_amplitudes_and_group_contrast(still_runs):
+    tolerance = 0.25  # percent signal change; estimation sd is about 0.05
+    estimates = {group: percent_signal_change(s.runs[0]) for group, s in still_runs.items()}
+    assert estimates["patient"]["look_drug"] - estimates["patient"]["look_food"] > 0.3
+    assert estimates["control"]["look_drug"] - estimates["control"]["look_food"] < -0.3
+    for group, estimate in estimates.items():
+        truth = read_json(still_runs[group].runs[0].truth)["amplitudes_percent"]
+        planted = truth["ventral_striatum"]
+        assert planted == dict(GROUP_AMPLITUDES[group])
+        for trial_type, amplitude in planted.items():
+            assert estimate[trial_type] == pytest.approx(amplitude, abs=tolerance), trial_type
+
+
+def test_noise_has_planted_tsnr_and_autocorrelation(still_runs):
+    run = still_runs["patient"].runs[0]
+    truth = read_json(run.truth)["noise"]
+    bold = load_data(run.bold).astype(np.float64)
+    labels = load_data(run.rois)
+    mean = bold.mean(axis=-1)
+    # Voxels at the reference intensity (where tSNR is defined), away from the ROI.
+    reference = truth["reference_intensity"]
+    selected = (np.abs(mean - reference) < 0.03 * reference) & (labels == 0)
+    assert selected.sum() > 500
+    series = bold[selected].T  # (time, voxels)
+    n = series.shape[0]
+    u = np.linspace(0.0, 1.0, n)
+    drift = np.column_stack([np.ones(n), u, np.cos(np.pi * u)])
+    residuals = series - drift @ np.linalg.lstsq(drift, series, rcond=None)[0]
+    tsnr = np.median(series.mean(axis=0) / residuals.std(axis=0, ddof=3))
+    assert tsnr == pytest.approx(truth["tsnr"], rel=0.08)
+    # Only the physiological share of the variance is AR(1): lag-1 r = rho * share.
+    lag1 = np.median(np.sum(residuals[1:] * residuals[:-1], axis=0)
+                     / np.sum(residuals**2, axis=0))
+    expected = truth["ar_rho"] * truth["physiological_variance_fraction"]
+    assert lag1 == pytest.approx(expected, abs=0.04)
+
+
+# ---------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"group": "patients"}, r"group should be one of patient, control\. Got 'patients'"),
+        ({"shape": (64, 0, 36)}, r"shape should be 3 positive integers .* Got \(64, 0, 36\)"),
+        ({"shape": (64, 64)}, r"shape should be 3 positive integers"),
+        ({"subject": "P_01"}, r"subject should be an alphanumeric BIDS label .* Got 'P_01'"),
+        ({"seed": -1}, r"seed should be an integer >= 0\. Got -1"),
+        ({"voxel_size": 0}, r"voxel_size should be a positive number\. Got 0"),
+        ({"n_runs": 0}, r"n_runs should be an integer >= 1\. Got 0"),
+        ({"motion_scale": -1.0}, r"motion_scale should be a number >= 0\. Got -1\.0"),
+        ({"shape": (8, 8, 8)}, r"holds \d+ voxels of ROI 'ventral_striatum'; expected at least"),
+    ],
+)
+def test_bad_arguments_raise_input_error(tmp_path, kwargs, message):
+    arguments = {"subject": "P01", "group": "patient", "seed": 1, "shape": SMALL} | kwargs
+    with pytest.raises(InputError, match=message):
+        simulate_subject(tmp_path, **arguments)
+    assert not (tmp_path / "sub-P01").exists()
+
+
+def test_bad_cohort_raises_input_error(tmp_path):
+    with pytest.raises(InputError, match=r"at least one subject\. Got 0 patients and 0"):
+        simulate_cohort(tmp_path, 0, 0, seed=1)
+    with pytest.raises(InputError, match=r"n_patients should be an integer >= 0\. Got -2"):
+        simulate_cohort(tmp_path, -2, 1, seed=1)
