@@ -1,0 +1,170 @@
+"""``feedback-display``: the participant display for one run.
+
+Exit codes: 0 when the run ended (end-of-run message, Escape, SIGINT/SIGTERM); 1 when the
+server stopped talking (no event within ``--timeout`` before the run, or no message for
+``--timeout`` seconds during it; outputs up to then are written); 2 on bad input (paradigm,
+address, options) or when no window can be opened. Every error is one line on stderr,
+``feedback-display: error: ...``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import NoReturn
+
+from feedback_display.outputs import check_label
+from feedback_display.subscriber import DEFAULT_SERVER, check_endpoint
+from rtserver.errors import RtfmriError
+from rtserver.paradigm import Paradigm
+
+PROG = "feedback-display"
+log = logging.getLogger(__name__)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"should be a number of seconds. Got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"should be > 0. Got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"should be a positive integer. Got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"should be a positive integer. Got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``feedback-display``."""
+    parser = _OneLineParser(
+        prog=PROG,
+        description="Show the participant the neurofeedback thermometer and the paradigm's "
+                    "instructions, from the server's feedback channel.",
+    )
+    parser.add_argument("--paradigm", required=True, metavar="FILE",
+                        help="paradigm file (TOML/YAML), or a shipped name: regulation, "
+                             "localizer")
+    parser.add_argument("--server", default=DEFAULT_SERVER, metavar="ADDR",
+                        help=f"the server's feedback endpoint (default {DEFAULT_SERVER})")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="write *_events.tsv and *_desc-display.json here")
+    parser.add_argument("--windowed", action="store_true",
+                        help="a 1024x768 window instead of full screen")
+    parser.add_argument("--screenshots", type=Path, metavar="DIR",
+                        help="save one PNG per feedback event (volume-0005.png) here")
+    parser.add_argument("--subject", default="01", metavar="ID",
+                        help="BIDS subject label of the output names (default 01)")
+    parser.add_argument("--run", type=_positive_int, default=1, metavar="N",
+                        help="BIDS run number of the output names (default 1)")
+    parser.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S",
+                        help="seconds to wait for the first event, and for any message once "
+                             "the run started (default 120)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    return parser
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the paradigm, open the display, show the run; return the exit code."""
+    paradigm = Paradigm.from_file(args.paradigm)
+    check_endpoint(args.server)
+    try:
+        check_label("subject", args.subject)
+    except ValueError as exc:
+        raise _InputError(str(exc)) from None
+    # PsychoPy is imported only now: bad input above fails fast, without opening a window.
+    from feedback_display.display import DisplayOptions, FeedbackDisplay
+
+    options = DisplayOptions(
+        fullscreen=not args.windowed, timeout=args.timeout, screenshots=args.screenshots,
+        out=args.out, subject=args.subject, run=args.run,
+    )
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    with FeedbackDisplay(paradigm, args.server, options, stop=stop) as display:
+        result = display.run()
+    summary = result.summary
+    if summary["n_frames"]:
+        log.info("run ended (%s): %d feedback events shown, %d malformed messages; frame "
+                 "interval median %s ms, p95 %s ms, max %s ms; %d dropped frames (%s pacing)",
+                 result.ended_by, summary["n_feedback_events_shown"],
+                 summary["n_malformed_messages"], summary["frame_interval_ms_median"],
+                 summary["frame_interval_ms_p95"], summary["frame_interval_ms_max"],
+                 summary["dropped_frames"], summary["paced_by"])
+    if result.ended_by == "no_data":
+        _error(f"no feedback event arrived from {args.server} within {args.timeout:g} s.")
+        return 1
+    if result.ended_by == "timeout":
+        written = f"; outputs written to {args.out}" if args.out else ""
+        _error(f"no message from {args.server} for {args.timeout:g} s after volume "
+               f"{summary['last_volume']}; run ended early{written}.")
+        return 1
+    return 0
+
+
+class _InputError(RtfmriError, ValueError):
+    """A command-line value is invalid."""
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: " + " ".join(message.split()), file=sys.stderr)
+
+
+def _configure_logging(level: int) -> None:
+    """Log this package's messages to stderr (not the root logger: PsychoPy's dependencies
+    log chatter there)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    package = logging.getLogger("feedback_display")
+    package.handlers[:] = [handler]
+    package.setLevel(level)
+    package.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``feedback-display`` command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    _configure_logging(level)
+    try:
+        return run(args)
+    except RtfmriError as exc:
+        _error(str(exc))
+        return 2
+    except OSError as exc:
+        _error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The feedback channel's receiving end: one thread owns the SUB socket.
+
+The thread polls the socket with a short timeout, decodes every message with
+:func:`rtserver.protocol.decode_feedback` and puts an :class:`Arrival` on a
+:class:`queue.Queue`. The drawing thread drains that queue once per frame and so never
+blocks on the network. Malformed messages are logged (one line each, up to a limit), handed
+over as :class:`Malformed` so the drawing thread can count them, and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from rtserver import protocol
+from rtserver.errors import ProtocolError, TransportError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVER = "tcp://127.0.0.1:5556"
+#: Malformed messages logged one by one; later ones are only counted.
+MAX_LOGGED_MALFORMED = 20
+
+_ENDPOINT = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}|ipc://\S+|inproc://\S+)$")
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """The server's end-of-run message: it published feedback for ``n_volumes`` volumes."""
+
+    n_volumes: int
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A message that failed validation; ``reason`` is the protocol error's message."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One received message and when it arrived (``time.monotonic()`` seconds)."""
+
+    t_arrival: float
+    item: protocol.FeedbackEvent | RunEnd | Malformed
+
+
+def check_endpoint(address: str) -> str:
+    """Return ``address`` if it is a ZeroMQ endpoint one can connect to.
+
+    Parameters
+    ----------
+    address : str
+        ``tcp://host:port``, ``ipc://path`` or ``inproc://name``.
+
+    Raises
+    ------
+    TransportError
+        If the address is not of one of those forms.
+    """
+    match = _ENDPOINT.match(address)
+    port_ok = True
+    if match and address.startswith("tcp://"):
+        port_ok = 0 < int(address.rsplit(":", 1)[1]) < 65536
+    if not match or not port_ok:
+        raise TransportError(
+            f"--server should be a ZeroMQ endpoint such as {DEFAULT_SERVER}. Got {address!r}."
+        )
+    return address
+
+
+def decode_message(frames: list[bytes], t_arrival: float) -> Arrival:
+    """Decode one multipart message into an :class:`Arrival` (never raises on bad input)."""
+    try:
+        decoded = protocol.decode_feedback(frames)
+    except ProtocolError as exc:
+        return Arrival(t_arrival, Malformed(str(exc)))
+    if isinstance(decoded, int):
+        return Arrival(t_arrival, RunEnd(decoded))
+    return Arrival(t_arrival, decoded)
+
+
+class FeedbackSubscriber:
+    """Receive feedback events on a background thread.
+
+    Parameters
+    ----------
+    address : str
+        The server's feedback (PUB/XPUB) endpoint to connect to.
+    poll_ms : int
+        Poll timeout of the receiving thread; bounds how long :meth:`close` waits.
+    context : zmq.Context or None
+        Context to create the socket in; a private one (terminated on close) if None.
+
+    Attributes
+    ----------
+    queue : queue.Queue of Arrival
+        Received messages, in order of arrival.
+
+    Examples
+    --------
+    >>> with FeedbackSubscriber("tcp://127.0.0.1:5556") as subscriber:  # doctest: +SKIP
+    ...     arrival = subscriber.queue.get(timeout=1.0)
+    """
+
+    def __init__(self, address: str = DEFAULT_SERVER, poll_ms: int = 20,
+                 context: zmq.Context | None = None) -> None:
+        self.address = check_endpoint(address)
+        if poll_ms < 1:
+            raise ValueError(f"'poll_ms' should be >= 1. Got {poll_ms!r}.")
+        self.poll_ms = poll_ms
+        self.queue: queue.Queue[Arrival] = queue.Queue()
+        self._own_context = context is None
+        self._context = context if context is not None else zmq.Context()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: str | None = None
+        self._n_malformed_logged = 0
+        self._thread = threading.Thread(target=self._run, name="feedback-subscriber",
+                                        daemon=True)
+
+    def start(self) -> FeedbackSubscriber:
+        """Connect and start receiving.
+
+        Raises
+        ------
+        TransportError
+            If the socket cannot connect to :attr:`address`.
+        """
+        self._thread.start()
+        self._ready.wait(timeout=10.0)
+        if self._error is not None:
+            self.close()
+            raise TransportError(self._error)
+        return self
+
+    def close(self) -> None:
+        """Stop the receiving thread and close its socket (linger 0)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0 + self.poll_ms / 1000.0)
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> FeedbackSubscriber:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        socket = self._context.socket(zmq.SUB)
+        socket.setsockopt(zmq.LINGER, 0)
+        try:
+            socket.setsockopt(zmq.SUBSCRIBE, protocol.FEEDBACK_TOPIC)
+            socket.connect(self.address)
+        except zmq.ZMQError as exc:
+            self._error = f"Cannot connect to {self.address}: {exc}."
+            socket.close(linger=0)
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._receive_until_stopped(socket)
+        finally:
+            socket.close(linger=0)
+
+    def _receive_until_stopped(self, socket: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(self.poll_ms):
+                continue
+            while True:
+                try:
+                    frames = socket.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                arrival = decode_message(frames, time.monotonic())
+                if isinstance(arrival.item, Malformed):
+                    self._log_malformed(arrival.item)
+                self.queue.put(arrival)
+
+    def _log_malformed(self, item: Malformed) -> None:
+        self._n_malformed_logged += 1
+        if self._n_malformed_logged <= MAX_LOGGED_MALFORMED:
+            log.warning("ignored a malformed feedback message: %s", item.reason)
+        if self._n_malformed_logged == MAX_LOGGED_MALFORMED:
+            log.warning("further malformed messages are counted but not logged")

@@ -1,0 +1,146 @@
+"""Frame pacing and frame-interval statistics, free of any window.
+
+A screen with vsync paces the drawing loop by itself: ``win.flip()`` blocks until the next
+refresh. Without vsync (Xvfb, some remote desktops) a flip returns at once and the loop would
+spin at hundreds of frames per second, burning a core. :class:`FramePacer` tells the two
+apart from the first few flips and, without vsync, sleeps until the next frame deadline of a
+fixed-rate schedule (monotonic clock), so frames still come at the nominal rate.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+#: Refresh rate the display is designed for (Hz).
+NOMINAL_REFRESH_HZ = 60.0
+#: A frame interval longer than this many nominal periods counts as a dropped frame.
+DROPPED_FRAME_FACTOR = 1.5
+
+PACING_MODES = ("auto", "vsync", "software")
+
+
+class FramePacer:
+    """Decide whether the loop needs software pacing, and pace it.
+
+    Call :meth:`wait` just before each flip and :meth:`flipped` just after it.
+
+    Parameters
+    ----------
+    refresh_hz : float
+        Nominal frame rate.
+    mode : {"auto", "vsync", "software"}
+        ``"auto"`` measures the first ``n_calibration`` flips: if they come faster than
+        ``0.4`` of a frame period apart, there is no vsync and software pacing starts.
+        ``"vsync"`` never sleeps; ``"software"`` always paces.
+    n_calibration : int
+        Flips measured in ``"auto"`` mode before deciding.
+    clock, sleep : callable
+        Monotonic clock (seconds) and sleep function; replaceable in tests.
+    """
+
+    def __init__(self, refresh_hz: float = NOMINAL_REFRESH_HZ, mode: str = "auto",
+                 n_calibration: int = 10, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not refresh_hz > 0:
+            raise ValueError(f"'refresh_hz' should be > 0. Got {refresh_hz!r}.")
+        if mode not in PACING_MODES:
+            raise ValueError(f"'mode' should be one of {PACING_MODES}. Got {mode!r}.")
+        self.period = 1.0 / refresh_hz
+        self.mode = mode
+        self.n_calibration = n_calibration
+        self._clock = clock
+        self._sleep = sleep
+        self._pacing: bool | None = {"auto": None, "vsync": False, "software": True}[mode]
+        self._calibration: list[float] = []
+        self._last_flip: float | None = None
+        self._deadline: float | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        """True once it is known whether software pacing is needed."""
+        return self._pacing is not None
+
+    @property
+    def paced_by(self) -> str:
+        """``"software"``, ``"vsync"``, or ``"undecided"`` while calibrating."""
+        if self._pacing is None:
+            return "undecided"
+        return "software" if self._pacing else "vsync"
+
+    def wait(self) -> None:
+        """Sleep until the next frame deadline when pacing in software; else return."""
+        if not self._pacing:
+            return
+        now = self._clock()
+        if self._deadline is None:
+            self._deadline = now
+        elif now > self._deadline + self.period:
+            # Late by more than a frame: restart the schedule rather than rush to catch up.
+            self._deadline = now
+        delay = self._deadline - now
+        if delay > 0:
+            self._sleep(delay)
+
+    def flipped(self, t_flip: float) -> None:
+        """Record that a flip returned at ``t_flip`` (same clock as ``clock``)."""
+        if self._pacing is None and self._last_flip is not None:
+            self._calibration.append(t_flip - self._last_flip)
+            if len(self._calibration) >= self.n_calibration:
+                self._pacing = statistics.median(self._calibration) < 0.4 * self.period
+        self._last_flip = t_flip
+        if self._pacing and self._deadline is not None:
+            self._deadline += self.period
+
+
+class IntervalStats:
+    """Summary statistics of a stream of intervals in constant memory.
+
+    Intervals are counted in a histogram of ``resolution_ms`` bins up to ``max_ms`` (longer
+    ones in an overflow bin); the maximum is kept exactly. A run of any length costs the
+    same memory.
+
+    Parameters
+    ----------
+    threshold_ms : float or None
+        Intervals longer than this are counted by :attr:`n_over_threshold`.
+    resolution_ms, max_ms : float
+        Histogram bin width and range.
+    """
+
+    def __init__(self, threshold_ms: float | None = None, resolution_ms: float = 0.01,
+                 max_ms: float = 250.0) -> None:
+        self.threshold_ms = threshold_ms
+        self.resolution_ms = resolution_ms
+        self._counts = np.zeros(int(round(max_ms / resolution_ms)) + 1, dtype=np.int64)
+        self.n = 0
+        self.max_ms = 0.0
+        self.n_over_threshold = 0
+
+    def add(self, interval_ms: float) -> None:
+        """Count one interval (milliseconds)."""
+        index = min(int(interval_ms / self.resolution_ms), len(self._counts) - 1)
+        self._counts[max(index, 0)] += 1
+        self.n += 1
+        self.max_ms = max(self.max_ms, interval_ms)
+        if self.threshold_ms is not None and interval_ms > self.threshold_ms:
+            self.n_over_threshold += 1
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0-100), to within one bin; NaN when empty."""
+        if self.n == 0:
+            return math.nan
+        rank = max(1, math.ceil(q / 100.0 * self.n))
+        index = int(np.searchsorted(np.cumsum(self._counts), rank))
+        if index == len(self._counts) - 1:
+            return self.max_ms
+        return min((index + 0.5) * self.resolution_ms, self.max_ms)
+
+
+def frame_stats(refresh_hz: float = NOMINAL_REFRESH_HZ) -> IntervalStats:
+    """Interval statistics whose threshold is the dropped-frame limit at ``refresh_hz``."""
+    return IntervalStats(threshold_ms=DROPPED_FRAME_FACTOR * 1000.0 / refresh_hz)
