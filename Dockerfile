@@ -4,7 +4,7 @@ FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       xvfb xauth libgl1 libglu1-mesa libegl1 libxkbcommon-x11-0 libxcb-cursor0 \
-      libasound2 fonts-dejavu-core \
+      fonts-dejavu-core \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
