@@ -8,8 +8,6 @@ feedback scaling of the target ROI.
 
 from __future__ import annotations
 
-import numpy as np
-
 from rtserver.config import Config
 from rtserver.errors import ConfigError, InputError
 from rtserver.paradigm import Paradigm
@@ -117,7 +115,3 @@ class Pipeline:
     def motion_estimate(self) -> MotionEstimate:
         """The latest volume's motion estimate."""
         return self.motion.estimate_
-
-    def roi_vector(self, event: FeedbackEvent) -> np.ndarray:
-        """The event's ROI means as an array in :attr:`roi_names` order."""
-        return np.array([event.rois[name] for name in self.roi.names_])

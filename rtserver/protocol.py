@@ -170,7 +170,7 @@ def encode_volume(volume: Volume, t_sent: float | None = None) -> list:
     return [_dumps(header), memoryview(data).cast("B")]
 
 
-def decode_volume(frames: Sequence) -> tuple[Volume, dict]:
+def decode_volume(frames: Sequence, header: dict | None = None) -> tuple[Volume, dict]:
     """Validate and decode ``[header, voxels]`` frames into a :class:`Volume`.
 
     Every header field is checked before the voxel buffer is interpreted.
@@ -179,6 +179,8 @@ def decode_volume(frames: Sequence) -> tuple[Volume, dict]:
     ----------
     frames : sequence of bytes-like or zmq.Frame
         Exactly two frames.
+    header : dict or None
+        The first frame already decoded by :func:`parse_header` (spares a second parse).
 
     Returns
     -------
@@ -191,7 +193,8 @@ def decode_volume(frames: Sequence) -> tuple[Volume, dict]:
         raise ProtocolError(
             f"A volume message should have 2 frames (header, voxels). Got {len(frames)}."
         )
-    header = parse_header(_bytes_of(frames[0]), [VOLUME])
+    if header is None:
+        header = parse_header(_bytes_of(frames[0]), [VOLUME])
     header_volume_fields(header)
     buffer = _buffer_of(frames[1])
     if buffer.nbytes != header["nbytes"]:

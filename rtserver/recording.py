@@ -55,7 +55,6 @@ class Record:
     volume: Volume
     event: FeedbackEvent
     motion: MotionEstimate
-    roi_values: np.ndarray
 
 
 class RunRecorder:
@@ -142,7 +141,7 @@ class RunRecorder:
         self._row("desc-confounds_timeseries.tsv",
                   [*(f"{v:.6f}" for v in motion.params), f"{motion.fd:.6f}"])
         self._row("desc-hmc_xfm.tsv", [f"{v:.8f}" for v in motion.matrix[:3].ravel()])
-        self._row("desc-roi_timeseries.tsv", [f"{v:.4f}" for v in record.roi_values])
+        self._row("desc-roi_timeseries.tsv", [f"{v:.4f}" for v in event.rois.values()])
         self._row("desc-feedback_timeseries.tsv", [
             str(event.volume), f"{event.value:.6f}",
             "" if event.p_drug is None else f"{event.p_drug:.6f}",

@@ -213,7 +213,7 @@ class Server:
                 router.send_multipart([identity, protocol.encode_reply(
                     protocol.ACK, None, status="end")])
                 return
-            volume, _ = protocol.decode_volume(payload)
+            volume, _ = protocol.decode_volume(payload, header)
             index = volume.index
         except ProtocolError as exc:
             self.counters.n_malformed += 1
@@ -256,8 +256,7 @@ class Server:
             self._recorder = RunRecorder(self.out_dir, self.config.run.prefix,
                                          self._session()).start(self.pipeline.roi_names)
         self._recorder.put(Record(volume=volume, event=event,
-                                  motion=self.pipeline.motion_estimate,
-                                  roi_values=self.pipeline.roi_vector(event)))
+                                  motion=self.pipeline.motion_estimate))
 
     def _on_end(self, n_expected: int) -> None:
         self.counters.n_expected = n_expected

@@ -148,6 +148,17 @@ def test_bridge_started_before_server_resends_until_acknowledged(tmp_path, proce
     assert [int(row["volume"]) for row in rows] == list(range(N_SIEMENS))
 
 
+def serve_with_dealer(processes, context: zmq.Context, out: Path):
+    """Start `rtserver serve` on random ports; return it, a connected DEALER and the results address."""
+    server = processes([command("rtserver"), "serve", "--out", str(out), "--volumes", ANY_PORT,
+                        "--feedback", ANY_PORT, "--results", ANY_PORT])
+    volumes, _, results = server.wait_for(LISTENING).groups()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(volumes)
+    return server, dealer, results
+
+
 def send_raw(dealer: zmq.Socket, frames: list) -> dict:
     dealer.send_multipart(frames)
     assert dealer.poll(10000), "the server did not answer"
@@ -156,12 +167,7 @@ def send_raw(dealer: zmq.Socket, frames: list) -> dict:
 
 def test_malformed_messages_are_answered_counted_and_survived(tmp_path, processes, context):
     out = tmp_path / "run"
-    server = processes([command("rtserver"), "serve", "--out", str(out), "--volumes", ANY_PORT,
-                        "--feedback", ANY_PORT, "--results", ANY_PORT])
-    volumes, _, results = server.wait_for(LISTENING).groups()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(volumes)
+    server, dealer, results = serve_with_dealer(processes, context, out)
     sent = list(open_source(SIEMENS_MOSAIC))
     good_header, good_buffer = protocol.encode_volume(sent[0])
     header = json.loads(good_header)
@@ -211,12 +217,7 @@ def test_malformed_messages_are_answered_counted_and_survived(tmp_path, processe
 
 def test_sigterm_flushes_what_was_received(tmp_path, processes, context):
     out = tmp_path / "run"
-    server = processes([command("rtserver"), "serve", "--out", str(out), "--volumes", ANY_PORT,
-                        "--feedback", ANY_PORT, "--results", ANY_PORT])
-    volumes, _, _ = server.wait_for(LISTENING).groups()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(volumes)
+    server, dealer, _ = serve_with_dealer(processes, context, out)
     sent = list(open_source(SIEMENS_MOSAIC))[:3]
     for volume in sent:
         assert send_raw(dealer, protocol.encode_volume(volume))["status"] == "received"
@@ -235,12 +236,7 @@ def test_sigterm_flushes_what_was_received(tmp_path, processes, context):
 def test_a_crash_loses_nothing_already_recorded(tmp_path, processes, context):
     """SIGKILL (no chance to flush) mid-run: the BOLD file and TSVs are valid as they stand."""
     out = tmp_path / "run"
-    server = processes([command("rtserver"), "serve", "--out", str(out), "--volumes", ANY_PORT,
-                        "--feedback", ANY_PORT, "--results", ANY_PORT])
-    volumes, _, _ = server.wait_for(LISTENING).groups()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(volumes)
+    server, dealer, _ = serve_with_dealer(processes, context, out)
     sent = list(open_source(SIEMENS_MOSAIC))[:4]
     for volume in sent:
         assert send_raw(dealer, protocol.encode_volume(volume))["status"] == "received"
