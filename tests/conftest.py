@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,34 +50,42 @@ def blob_volume() -> Volume:
 
 
 class RunningProcess:
-    """A started CLI process whose stderr is read line by line until a pattern appears."""
+    """A started CLI process whose stderr is read line by line until a pattern appears.
+
+    stderr is read from the raw file descriptor into our own buffer: a buffered
+    ``readline`` after ``select`` could swallow several lines, and ``select`` would then
+    wait for data that was already read.
+    """
 
     def __init__(self, args: list[str], **kwargs) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.args = args
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env, **kwargs)
+                                     env=env, **kwargs)
         self.stderr_lines: list[str] = []
+        self._partial = b""
 
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match:
         """Read stderr until a line matches ``pattern`` (fails on exit or timeout)."""
-        import selectors
-        import time
-
         regex = re.compile(pattern)
-        selector = selectors.DefaultSelector()
-        selector.register(self.proc.stderr, selectors.EVENT_READ)
+        checked = 0
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+        fd = self.proc.stderr.fileno()
+        while True:
+            for line in self.stderr_lines[checked:]:
+                checked += 1
+                match = regex.search(line)
+                if match:
+                    return match
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
                 break
-            line = self.proc.stderr.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            self.stderr_lines.append(line)
-            match = regex.search(line)
-            if match:
-                return match
+            lines = (self._partial + chunk).split(b"\n")
+            self._partial = lines.pop()
+            self.stderr_lines += [line.decode(errors="replace") + "\n" for line in lines]
         self.kill()
         pytest.fail(f"{self.args[0]} never printed {pattern!r}; stderr:\n"
                     + "".join(self.stderr_lines))
@@ -88,7 +98,8 @@ class RunningProcess:
             self.kill()
             pytest.fail(f"{self.args[0]} did not exit within {timeout} s; stderr:\n"
                         + "".join(self.stderr_lines))
-        return self.proc.returncode, "".join(self.stderr_lines) + rest
+        tail = (self._partial + rest).decode(errors="replace")
+        return self.proc.returncode, "".join(self.stderr_lines) + tail
 
     def kill(self) -> None:
         if self.proc.poll() is None:
