@@ -46,17 +46,23 @@ def test_services_are_the_server_bridge_and_display(resolved):
     assert {"server", "bridge", "display", "simulate"} <= set(resolved["services"])
 
 
-@pytest.mark.parametrize("service", ["simulate", "server", "bridge", "display"])
-def test_each_command_parses_with_the_projects_cli(resolved, service):
+@pytest.mark.parametrize(("service", "program", "subcommand"), [
+    ("simulate", "rtserver", "simulate"),
+    ("server", "rtserver", "serve"),
+    ("bridge", "rtserver", "send"),
+    ("display", "feedback-display", None),
+])
+def test_each_command_parses_with_the_projects_cli(resolved, service, program, subcommand):
+    """argparse exits (SystemExit) on any unknown option or missing argument."""
     argv = program_argv(resolved["services"][service]["command"])
-    if argv[0] == "rtserver":
-        args = build_parser().parse_args(argv[1:])
+    assert argv[0] == program
+    if program == "rtserver":
+        assert build_parser().parse_args(argv[1:]).command == subcommand
     else:
         from feedback_display.cli import build_parser as display_parser
 
-        assert argv[0] == "feedback-display"
         args = display_parser().parse_args(argv[1:])
-    assert args is not None
+        assert args.server == "tcp://server:5556"
 
 
 def test_ports_are_published_on_loopback_only(resolved):
