@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read SOURCE (a 4D NIfTI, a folder of 3D NIfTI files, a folder of Siemens "
         "mosaic DICOM files, or a recorded run folder) and send its volumes to a server, "
         "paced at the TR unless told otherwise. Each volume is resent until acknowledged.")
-    send.add_argument("source", type=Path, metavar="SOURCE")
+    send.add_argument("source", type=Path, metavar="SOURCE",
+                      help="4D NIfTI, folder of 3D NIfTI, Siemens mosaic DICOM folder, or run folder")
     send.add_argument("--to", default=DEFAULT_VOLUMES, metavar="ADDR",
                       help=f"the server's volume channel (default {DEFAULT_VOLUMES})")
     _add_pacing(send)
@@ -74,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="serve + send in one command",
         description="Replay a recorded session (or any SOURCE `send` reads) through the same "
         "server code as a live session, writing the run's outputs under --out.")
-    replay.add_argument("source", type=Path, metavar="SOURCE")
+    replay.add_argument("source", type=Path, metavar="SOURCE",
+                        help="a recorded run folder or any SOURCE `rtserver send` reads; paced at "
+                        "its TR unless --tr, --speed or --asap")
     replay.add_argument("--out", required=True, type=Path, help="output folder of the run")
     _add_run_options(replay)
     _add_pacing(replay, default_asap=False)

@@ -104,6 +104,11 @@ class Server:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Server:
         """Bind the three sockets (call from the thread that will call :meth:`run`)."""
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"Cannot create the output folder {self.out_dir}: "
+                             f"{exc.strerror}.") from None
         network = self.config.network
         router = self._context.socket(zmq.ROUTER)
         xpub = self._context.socket(zmq.XPUB)

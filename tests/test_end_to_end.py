@@ -268,6 +268,7 @@ def test_a_crash_loses_nothing_already_recorded(tmp_path, processes, context):
          "Cannot bind tcp://127.0.0.1:\\d+: Address already in use"),
         (["serve", "--out", "{tmp}/o", "--volumes", "udp://x"], "should be a ZeroMQ endpoint"),
         (["serve", "--out", "{tmp}/o", "--config", "{tmp}/notes.txt"], "not valid TOML"),
+        (["serve", "--out", "{tmp}/notes.txt/o"], "Cannot create the output folder"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, processes, args, match):
