@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -23,11 +22,10 @@ from rtserver.errors import ProtocolError, TransportError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVER = "tcp://127.0.0.1:5556"
+DEFAULT_SERVER = protocol.DEFAULT_FEEDBACK
 #: Malformed messages logged one by one; later ones are only counted.
 MAX_LOGGED_MALFORMED = 20
 
-_ENDPOINT = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}|ipc://\S+|inproc://\S+)$")
 
 
 @dataclass(frozen=True)
@@ -65,11 +63,7 @@ def check_endpoint(address: str) -> str:
     TransportError
         If the address is not of one of those forms.
     """
-    match = _ENDPOINT.match(address)
-    port_ok = True
-    if match and address.startswith("tcp://"):
-        port_ok = 0 < int(address.rsplit(":", 1)[1]) < 65536
-    if not match or not port_ok:
+    if not protocol.is_endpoint(address):
         raise TransportError(
             f"--server should be a ZeroMQ endpoint such as {DEFAULT_SERVER}. Got {address!r}."
         )

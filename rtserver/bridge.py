@@ -50,7 +50,7 @@ class ScannerBridge:
 
     def __init__(self, address: str, ack_timeout: float = 1.0, timeout: float = 30.0,
                  context: zmq.Context | None = None) -> None:
-        if not address.startswith(("tcp://", "ipc://", "inproc://")):
+        if not protocol.is_endpoint(address):
             raise InputError(
                 f"--to should be a ZeroMQ endpoint like tcp://127.0.0.1:5555. Got {address!r}."
             )

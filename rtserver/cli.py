@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 from rtserver import __version__
-from rtserver.config import DEFAULT_FEEDBACK, DEFAULT_RESULTS, DEFAULT_VOLUMES, load_config
+from rtserver.config import load_config
 from rtserver.errors import InputError, RtfmriError
+from rtserver.protocol import DEFAULT_FEEDBACK, DEFAULT_RESULTS, DEFAULT_VOLUMES
 
 log = logging.getLogger("rtserver")
 

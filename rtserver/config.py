@@ -40,11 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from rtserver.errors import ConfigError
-
-DEFAULT_VOLUMES = "tcp://127.0.0.1:5555"
-DEFAULT_FEEDBACK = "tcp://127.0.0.1:5556"
-DEFAULT_RESULTS = "tcp://127.0.0.1:5557"
-_ENDPOINT = re.compile(r"^(tcp://[^:\s]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
+from rtserver.protocol import DEFAULT_FEEDBACK, DEFAULT_RESULTS, DEFAULT_VOLUMES, is_endpoint
 
 
 @dataclass(frozen=True)
@@ -182,7 +178,7 @@ def validate(config: Config) -> Config:
     """Check value ranges across the config; return it unchanged when valid."""
     for name in ("volumes", "feedback", "results"):
         endpoint = getattr(config.network, name)
-        if not _ENDPOINT.match(endpoint):
+        if not is_endpoint(endpoint, bind=True):
             raise ConfigError(
                 f"[network] '{name}' should be a ZeroMQ endpoint like tcp://127.0.0.1:5555. "
                 f"Got {endpoint!r}."

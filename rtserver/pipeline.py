@@ -9,7 +9,7 @@ feedback scaling of the target ROI.
 from __future__ import annotations
 
 from rtserver.config import Config
-from rtserver.errors import ConfigError, InputError
+from rtserver.errors import ConfigError
 from rtserver.paradigm import Paradigm
 from rtserver.protocol import FeedbackEvent
 from rtserver.stages import FeedbackScaler, MotionCorrector, MotionEstimate, RoiExtractor, RoiSet
@@ -81,7 +81,6 @@ class Pipeline:
             raise ConfigError(
                 f"[roi] 'target' should name one of the ROIs {self.roi.names_}. Got {target!r}."
             )
-        self.reference_shape_ = reference.shape
         return self
 
     def step(self, volume: Volume) -> FeedbackEvent:
@@ -90,15 +89,10 @@ class Pipeline:
         Raises
         ------
         InputError
-            If the volume is not on the run's grid.
+            If the volume is not on the run's grid (checked by the motion stage).
         """
         if not self.is_fitted:
             self.fit(self.reference if self.reference is not None else volume)
-        if volume.shape != self.reference_shape_:
-            raise InputError(
-                f"Volume {volume.index} has the wrong shape for this run.\n"
-                f"Expected {self.reference_shape_}.\nGot {volume.shape}."
-            )
         estimate = self.motion.partial_fit(volume).estimate_
         roi_means = self.roi.transform(volume, estimate.matrix)
         target = float(roi_means[self.target_index_])

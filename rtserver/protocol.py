@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,6 +32,12 @@ from rtserver.errors import ProtocolError
 from rtserver.volume import Volume
 
 PROTOCOL = "rtfmri/1"
+
+#: Default endpoints of the three channels (loopback only).
+DEFAULT_VOLUMES = "tcp://127.0.0.1:5555"
+DEFAULT_FEEDBACK = "tcp://127.0.0.1:5556"
+DEFAULT_RESULTS = "tcp://127.0.0.1:5557"
+_TCP = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5}|\*)$")
 FEEDBACK_TOPIC = b"feedback"
 MAX_HEADER_BYTES = 65536
 MAX_VOXELS = 512 * 512 * 512
@@ -52,6 +59,29 @@ RESULT_REQUEST = "result_request"
 STATUS_REQUEST = "status_request"
 RESULT = "result"
 STATUS = "status"
+
+
+# --------------------------------------------------------------------------- endpoints
+def is_endpoint(address: str, *, bind: bool = False) -> bool:
+    """True if ``address`` is a ZeroMQ endpoint (``tcp://host:port``, ``ipc://``, ``inproc://``).
+
+    Parameters
+    ----------
+    address : str
+        The endpoint.
+    bind : bool
+        Whether it is to be bound: only then may the port be ``*`` (any free port). What
+        host can be bound or connected to is ZeroMQ's to say when it binds or connects.
+    """
+    if re.fullmatch(r"(ipc|inproc)://\S+", address or ""):
+        return True
+    match = _TCP.match(address or "")
+    if match is None:
+        return False
+    port = match.group(2)
+    if port == "*":
+        return bind
+    return 0 < int(port) < 65536
 
 
 # --------------------------------------------------------------------------- helpers

@@ -220,6 +220,7 @@ class Server:
                 return
             volume, _ = protocol.decode_volume(payload, header)
             index = volume.index
+            self.counters.n_received += 1
         except ProtocolError as exc:
             self.counters.n_malformed += 1
             log.warning("malformed message rejected (%d so far): %s",
@@ -249,7 +250,6 @@ class Server:
         self._after_publish(volume, event)
 
     def _after_publish(self, volume, event: protocol.FeedbackEvent) -> None:
-        self.counters.n_received += 1
         self.counters.n_processed += 1
         if volume.index != self._last_index + 1 and volume.index > self._last_index:
             gap = list(range(self._last_index + 1, volume.index))

@@ -120,7 +120,6 @@ class MotionCorrector:
         self.solver_ = np.linalg.solve(self.hessian_, steepest.T)  # (6, n)
         self.reference_values_ = smoothed[self.mask_].astype(np.float64)
         self.params_ = np.zeros(6)
-        self.previous_params_ = np.zeros(6)
         self.n_seen_ = 0
         return self
 
@@ -169,7 +168,6 @@ class MotionCorrector:
                 break
         params = matrix_to_params(matrix, self.centre_)
         fd = framewise_displacement(self.params_, params) if self.n_seen_ else 0.0
-        self.previous_params_ = self.params_
         self.params_ = params
         self.n_seen_ += 1
         self.estimate_ = MotionEstimate(
