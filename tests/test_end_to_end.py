@@ -290,8 +290,9 @@ def test_cli_errors_are_one_line(tmp_path, processes, args, match):
 
 
 def test_pacing_at_the_tr_spaces_the_volumes(tmp_path):
-    """`--tr S` sends volume k no earlier than k * S after the first (a lower bound only,
-    so a busy machine cannot make it flake)."""
+    """`--tr S` sends volume k no earlier than k * S after the replay starts (lower bounds
+    only, so a busy machine cannot make it flake: a late first volume shortens the span
+    between first and last, so that span is not what is checked)."""
     import time
 
     from rtserver.config import Config
@@ -302,10 +303,11 @@ def test_pacing_at_the_tr_spaces_the_volumes(tmp_path):
     config = Config().with_overrides(network={"volumes": ANY_PORT, "feedback": ANY_PORT,
                                               "results": ANY_PORT})
     start = time.monotonic()
+    wall_start = time.time()
     report, counters = replay(source, Server(config, tmp_path / "run"), interval=0.1)
     elapsed = time.monotonic() - start
     assert counters.n_processed == report.n_acknowledged == N_SIEMENS
     assert elapsed >= 0.1 * (N_SIEMENS - 1)
     rows = read_tsv(outputs(tmp_path / "run")["feedback"])
     received = [float(row["t_received"]) for row in rows]
-    assert received[-1] - received[0] >= 0.1 * (N_SIEMENS - 1) - 0.005
+    assert received[-1] - wall_start >= 0.1 * (N_SIEMENS - 1)
