@@ -127,6 +127,18 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paradigm", metavar="FILE",
                         help="paradigm file or shipped name; its fixation blocks form the "
                         "feedback baseline")
+    parser.add_argument("--reference", metavar="SOURCE",
+                        help="register every volume to a volume of SOURCE (a NIfTI file, an "
+                        "export folder or a recorded run, e.g. an earlier run of the session) "
+                        "instead of the run's first volume")
+    parser.add_argument("--reference-index", type=int, metavar="N",
+                        help="volume N of --reference (default 0)")
+    parser.add_argument("--fd-threshold", type=float, metavar="MM",
+                        help="censor volumes whose framewise displacement exceeds MM "
+                        "(default 0.5)")
+    parser.add_argument("--reslice", action="store_true", default=None,
+                        help="also record the motion-corrected run "
+                        "(*_desc-realigned_bold.nii.gz; costs time in the recorder thread)")
     parser.add_argument("--subject", help="BIDS subject label of the outputs (default 01)")
     parser.add_argument("--task", help="BIDS task label of the outputs (default regulation)")
     parser.add_argument("--run", type=int, help="BIDS run number of the outputs (default 1)")
@@ -160,6 +172,8 @@ def _config_from(args: argparse.Namespace):
                  "results": getattr(args, "results", None)},
         run={"subject": args.subject, "task": args.task, "run": args.run},
         roi={"mask": args.roi, "target": args.target},
+        motion={"reference": args.reference, "reference_index": args.reference_index,
+                "fd_threshold": args.fd_threshold, "reslice": args.reslice},
         feedback={"paradigm": args.paradigm},
     )
 

@@ -13,11 +13,18 @@ A config file is TOML with optional tables; anything left out keeps its default:
     run = 1
 
     [motion]
-    smoothing_fwhm = 5.0     # mm
-    subsample = 2            # use every n-th voxel in each axis for registration
-    max_iterations = 12
+    reference = "path/to/earlier_run_bold.nii.gz"  # default: the run's first volume
+    reference_index = 0      # volume of the reference file to register to
+    smoothing_fwhm = 5.0     # mm, both images
+    interpolation_order = 3  # B-spline model of the images (1 trilinear, 2, 3)
+    subsample = 0            # sample grid step in voxels; 0 picks it from max_samples
+    max_samples = 6000       # sample points (highest leverage kept)
+    max_iterations = 20
     tolerance = 0.001        # mm (FD-style step size that stops Gauss-Newton)
     fd_threshold = 0.5       # mm; volumes above it are censored
+    restart_factor = 4.0     # register again from other starts when the fit is this much worse
+    restart_fwhm = 12.0      # mm, smoothing of the wide-capture pass of a restart
+    reslice = false          # also record the realigned run (desc-realigned_bold.nii.gz)
 
     [roi]
     mask = "path/to/space-EPI_desc-rois_dseg.nii.gz"  # labels in EPI space + .tsv of names
@@ -70,11 +77,18 @@ class RunConfig:
 class MotionConfig:
     """Settings of the incremental motion correction."""
 
+    reference: str | None = None
+    reference_index: int = 0
     smoothing_fwhm: float = 5.0
-    subsample: int = 2
-    max_iterations: int = 12
+    interpolation_order: int = 3
+    subsample: int = 0
+    max_samples: int = 6000
+    max_iterations: int = 20
     tolerance: float = 0.001
     fd_threshold: float = 0.5
+    restart_factor: float = 4.0
+    restart_fwhm: float = 12.0
+    reslice: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,9 +205,15 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"[run] 'run' should be >= 1. Got {config.run.run}.")
     motion = config.motion
     checks = [
+        (motion.reference_index >= 0, "[motion] 'reference_index' should be >= 0"),
         (motion.smoothing_fwhm >= 0, "[motion] 'smoothing_fwhm' should be >= 0"),
-        (motion.subsample >= 1, "[motion] 'subsample' should be >= 1"),
+        (motion.interpolation_order in (1, 2, 3),
+         "[motion] 'interpolation_order' should be 1, 2 or 3"),
+        (motion.subsample >= 0, "[motion] 'subsample' should be >= 0 (0: automatic)"),
+        (motion.max_samples >= 100, "[motion] 'max_samples' should be >= 100"),
         (motion.max_iterations >= 1, "[motion] 'max_iterations' should be >= 1"),
+        (motion.restart_factor > 1, "[motion] 'restart_factor' should be > 1"),
+        (motion.restart_fwhm > 0, "[motion] 'restart_fwhm' should be > 0"),
         (motion.tolerance > 0, "[motion] 'tolerance' should be > 0"),
         (motion.fd_threshold > 0, "[motion] 'fd_threshold' should be > 0"),
         (config.feedback.baseline_volumes >= 1, "[feedback] 'baseline_volumes' should be >= 1"),

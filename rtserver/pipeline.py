@@ -8,12 +8,35 @@ feedback scaling of the target ROI.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rtserver.config import Config
-from rtserver.errors import ConfigError
+from rtserver.errors import ConfigError, InputError
 from rtserver.paradigm import Paradigm
 from rtserver.protocol import FeedbackEvent
+from rtserver.sources import open_source
 from rtserver.stages import FeedbackScaler, MotionCorrector, MotionEstimate, RoiExtractor, RoiSet
 from rtserver.volume import Volume
+
+
+def load_reference(path: str | Path, index: int = 0) -> Volume:
+    """Volume ``index`` of a NIfTI file, a scanner export folder or a recorded run.
+
+    Raises
+    ------
+    InputError
+        If the source cannot be read or has no volume ``index``.
+    """
+    source = open_source(path, tr=1.0)
+    if not 0 <= index < source.n_volumes:
+        raise InputError(
+            f"Motion reference {path} has {source.n_volumes} volumes; volume {index} was "
+            "asked for ([motion] reference_index, --reference-index)."
+        )
+    for volume in source:
+        if volume.index == index:
+            return volume
+    raise InputError(f"Motion reference {path}: volume {index} could not be read.")
 
 
 class Pipeline:
@@ -29,7 +52,8 @@ class Pipeline:
     paradigm : Paradigm or None
         The run's paradigm; ``None`` reads ``config.feedback.paradigm`` if set.
     reference : Volume or None
-        Register to this volume; ``None`` uses the run's first volume.
+        Register to this volume; ``None`` reads ``config.motion.reference`` if set, or else
+        uses the run's first volume.
     """
 
     def __init__(self, config: Config, rois: RoiSet | None = None,
@@ -39,14 +63,18 @@ class Pipeline:
             rois = RoiSet.from_file(config.roi.mask)
         if paradigm is None and config.feedback.paradigm:
             paradigm = Paradigm.from_file(config.feedback.paradigm)
+        motion = config.motion
+        if reference is None and motion.reference:
+            reference = load_reference(motion.reference, motion.reference_index)
         self.rois = rois
         self.paradigm = paradigm
         self.reference = reference
-        motion = config.motion
         self.motion = MotionCorrector(
-            smoothing_fwhm=motion.smoothing_fwhm, subsample=motion.subsample,
-            max_iterations=motion.max_iterations, tolerance=motion.tolerance,
-            fd_threshold=motion.fd_threshold,
+            smoothing_fwhm=motion.smoothing_fwhm,
+            interpolation_order=motion.interpolation_order, subsample=motion.subsample,
+            max_samples=motion.max_samples, max_iterations=motion.max_iterations,
+            tolerance=motion.tolerance, fd_threshold=motion.fd_threshold,
+            restart_factor=motion.restart_factor, restart_fwhm=motion.restart_fwhm,
         )
         self.roi = RoiExtractor(rois)
         feedback = config.feedback

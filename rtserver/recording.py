@@ -10,8 +10,13 @@ Files (BIDS derivatives style, prefix ``sub-<id>_task-<task>_run-<n>``):
   loses nothing received, and there is no compression pass at the end.
 - ``_desc-confounds_timeseries.tsv``: ``trans_x trans_y trans_z rot_x rot_y rot_z
   framewise_displacement`` (mm, radians; fMRIPrep column names).
-- ``_desc-hmc_xfm.tsv``: each volume's rigid transform, reference -> volume, as the first three
-  rows of its 4x4 world (RAS, mm) matrix (12 numbers a row, row-major).
+- ``_desc-hmc_xfm.tsv``: each volume's rigid transform as the first three rows of its 4x4
+  world (RAS+, mm) matrix ``M`` (12 numbers a row, row-major: ``m00 m01 m02 m03 m10 ...``).
+  Direction: reference -> volume. ``M`` maps a point's world coordinates in the reference
+  volume to where that point of the head is in this volume, so ``volume(M x) = reference(x)``
+  and ``inv(M)`` realigns the volume (as ``--reslice`` does).
+- ``_desc-realigned_bold.nii.gz`` (only with ``[motion] reslice``): every volume resampled
+  onto the reference grid with its motion undone (cubic spline, float32, 0 outside).
 - ``_desc-roi_timeseries.tsv``: one column per ROI.
 - ``_desc-feedback_timeseries.tsv``: ``volume value p_drug decision censored t_received
   t_published latency_ms``.
@@ -27,6 +32,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -46,6 +52,60 @@ FEEDBACK_COLUMNS = ("volume", "value", "p_drug", "decision", "censored", "t_rece
                     "t_published", "latency_ms")
 XFM_COLUMNS = tuple(f"m{row}{col}" for row in range(3) for col in range(4))
 NIFTI_HEADER_BYTES = 352  # NIfTI-1 header (348) + empty extension flag (4)
+
+
+class GrowingNifti:
+    """A 4D NIfTI file that grows by one volume at a time and is valid at every moment.
+
+    Multi-member gzip: a stored (uncompressed) first member of fixed size holds the header,
+    then one compressed member per volume; after each volume the header member is rewritten
+    in place with the new count.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.nii.gz`` file to create.
+    first : Volume
+        The first volume (gives grid, type and TR); it is not written by the constructor.
+    dtype : numpy dtype or None
+        Type to store; ``None`` keeps the first volume's type.
+    """
+
+    def __init__(self, path: Path, first: Volume, dtype: Any = None) -> None:
+        header = nib.Nifti1Header()
+        header.set_data_dtype(np.dtype(dtype or first.data.dtype).newbyteorder("="))
+        header.set_data_shape((*first.shape, 1))
+        header.set_zooms((*first.zooms, first.tr))
+        header.set_xyzt_units("mm", "sec")
+        header.set_qform(first.affine, code=1)
+        header.set_sform(first.affine, code=1)
+        header.set_slope_inter(1.0, 0.0)
+        header["vox_offset"] = NIFTI_HEADER_BYTES
+        self._header = header
+        self._dtype = header.get_data_dtype()
+        self._file: IO[bytes] = path.open("w+b")
+        self._file.write(self._header_member(0))
+        self.n_volumes = 0
+
+    def append(self, volume: Volume) -> None:
+        """Add one volume and make the file on disk a valid NIfTI of all volumes so far."""
+        data = np.asarray(volume.data, dtype=self._dtype)
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(gzip.compress(data.tobytes(order="F"), compresslevel=1, mtime=0))
+        self.n_volumes += 1
+        self._file.seek(0)
+        self._file.write(self._header_member(self.n_volumes))
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file (it is already complete)."""
+        self._file.close()
+
+    def _header_member(self, n_volumes: int) -> bytes:
+        """The NIfTI header as a stored (level 0) gzip member: its size never changes."""
+        self._header["dim"][4] = n_volumes
+        block = self._header.binaryblock + b"\x00" * (NIFTI_HEADER_BYTES - 348)
+        return gzip.compress(block, compresslevel=0, mtime=0)
 
 
 @dataclass(frozen=True)
@@ -68,16 +128,22 @@ class RunRecorder:
         BIDS prefix ``sub-<id>_task-<task>_run-<n>``.
     session : dict
         Contents of the session JSON (version, config, model card).
+    reslice : callable or None
+        ``reslice(volume, matrix) -> Volume`` on the reference grid; when given, the
+        realigned run is recorded too (on this thread, off the processing path).
     """
 
-    def __init__(self, out_dir: str | Path, prefix: str, session: dict[str, Any]) -> None:
+    def __init__(self, out_dir: str | Path, prefix: str, session: dict[str, Any],
+                 reslice: Callable[[Volume, np.ndarray], Volume] | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.prefix = prefix
         self.session = dict(session)
         self._queue: queue.Queue[Record | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._files: dict[str, IO[str]] = {}
-        self._bold: IO[bytes] | None = None
+        self._reslice = reslice
+        self._bold: GrowingNifti | None = None
+        self._realigned: GrowingNifti | None = None
         self._n_written = 0
         self.error: BaseException | None = None
 
@@ -118,9 +184,10 @@ class RunRecorder:
         for handle in self._files.values():
             handle.close()
         self._files.clear()
-        if self._bold is not None:
-            self._bold.close()
-            self._bold = None
+        for nifti in (self._bold, self._realigned):
+            if nifti is not None:
+                nifti.close()
+        self._bold = self._realigned = None
         self._write_session(status="complete", n_volumes_recorded=self._n_written, **counters)
 
     # ------------------------------------------------------------------ writer thread
@@ -137,7 +204,15 @@ class RunRecorder:
 
     def _write(self, record: Record) -> None:
         event, motion = record.event, record.motion
-        self._append_bold(record.volume)
+        if self._bold is None:
+            self._bold = GrowingNifti(self.path("bold.nii.gz"), record.volume)
+        self._bold.append(record.volume)
+        if self._reslice is not None:
+            realigned = self._reslice(record.volume, motion.matrix)
+            if self._realigned is None:
+                self._realigned = GrowingNifti(self.path("desc-realigned_bold.nii.gz"),
+                                               realigned, dtype=np.float32)
+            self._realigned.append(realigned)
         self._row("desc-confounds_timeseries.tsv",
                   [*(f"{v:.6f}" for v in motion.params), f"{motion.fd:.6f}"])
         self._row("desc-hmc_xfm.tsv", [f"{v:.8f}" for v in motion.matrix[:3].ravel()])
@@ -155,35 +230,6 @@ class RunRecorder:
         handle = self._files[suffix]
         handle.write("\t".join(values) + "\n")
         handle.flush()
-
-    def _append_bold(self, volume: Volume) -> None:
-        if self._bold is None:
-            header = nib.Nifti1Header()
-            header.set_data_dtype(volume.data.dtype.newbyteorder("="))
-            header.set_data_shape((*volume.shape, 1))
-            header.set_zooms((*volume.zooms, volume.tr))
-            header.set_xyzt_units("mm", "sec")
-            header.set_qform(volume.affine, code=1)
-            header.set_sform(volume.affine, code=1)
-            header.set_slope_inter(1.0, 0.0)
-            header["vox_offset"] = NIFTI_HEADER_BYTES
-            self._bold_header = header
-            self._bold_dtype = header.get_data_dtype()
-            self._bold = self.path("bold.nii.gz").open("w+b")
-            self._bold.write(self._header_member(0))
-        data = np.asarray(volume.data, dtype=self._bold_dtype)
-        self._bold.seek(0, os.SEEK_END)
-        self._bold.write(gzip.compress(data.tobytes(order="F"), compresslevel=1, mtime=0))
-        self._bold.seek(0)
-        self._bold.write(self._header_member(self._n_written + 1))
-        self._bold.flush()
-
-    def _header_member(self, n_volumes: int) -> bytes:
-        """The NIfTI header as a stored (level 0) gzip member: its size never changes."""
-        header = self._bold_header
-        header["dim"][4] = n_volumes
-        block = header.binaryblock + b"\x00" * (NIFTI_HEADER_BYTES - 348)
-        return gzip.compress(block, compresslevel=0, mtime=0)
 
     def _write_session(self, **fields: Any) -> None:
         target = self.path("desc-session.json")

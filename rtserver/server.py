@@ -258,8 +258,10 @@ class Server:
         self._seen.add(volume.index)
         self._results[volume.index] = event
         if self._recorder is None:
+            reslice = self.pipeline.motion.reslice if self.config.motion.reslice else None
             self._recorder = RunRecorder(self.out_dir, self.config.run.prefix,
-                                         self._session()).start(self.pipeline.roi_names)
+                                         self._session(), reslice=reslice,
+                                         ).start(self.pipeline.roi_names)
         self._recorder.put(Record(volume=volume, event=event,
                                   motion=self.pipeline.motion_estimate))
 

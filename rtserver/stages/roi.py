@@ -16,7 +16,6 @@ import numpy as np
 from scipy import ndimage
 
 from rtserver.errors import InputError
-from rtserver.rigid import voxel_mapping
 from rtserver.stages._base import check_is_fitted
 from rtserver.volume import Volume
 
@@ -120,6 +119,7 @@ class RoiExtractor:
             A volume on the reference grid.
         matrix : numpy.ndarray or None
             The volume's 4x4 motion (reference -> volume, world mm); ``None`` for none.
+            The volume may lie on another grid than the reference (its own affine is used).
 
         Returns
         -------
@@ -131,6 +131,7 @@ class RoiExtractor:
         if matrix is None:
             coords = self.ijk_[:3]
         else:
-            coords = (voxel_mapping(matrix, self.affine_) @ self.ijk_)[:3]
+            mapping = np.linalg.inv(volume.affine) @ matrix @ self.affine_
+            coords = mapping[:3, :3] @ self.ijk_[:3] + mapping[:3, 3:]
         values = ndimage.map_coordinates(data, coords, order=1, mode="nearest", prefilter=False)
         return np.add.reduceat(values, self.starts_) / self.counts_
