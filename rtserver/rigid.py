@@ -18,7 +18,12 @@ The simulator plants motion with this convention and the motion corrector estima
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+#: DICOM patient coordinates (LPS) to NIfTI world coordinates (RAS); its own inverse.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 PARAMETER_NAMES = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 #: Radius of the sphere used to turn rotations into mm for framewise displacement.
@@ -86,3 +91,37 @@ def voxel_mapping(matrix: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """
     affine = np.asarray(affine, dtype=np.float64)
     return np.linalg.inv(affine) @ matrix @ affine
+
+
+def read_afni_matrices(path: str | Path) -> tuple[list[np.ndarray], list[int]]:
+    """AFNI 3dvolreg motion matrices as 4x4 world (RAS, mm) matrices of this convention.
+
+    ``3dvolreg -1Dmatrix_save`` writes one row of 12 numbers per volume: the 3x4 matrix
+    from base (reference) to input (volume) coordinates, in DICOM (LPS) order. Converted
+    to RAS, that is the ``M`` of this module (reference -> volume), so the result can be
+    compared with the ``_desc-hmc_xfm.tsv`` this project writes.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.aff12.1D`` file.
+
+    Returns
+    -------
+    matrices : list of numpy.ndarray
+        The rigid matrices, in file order.
+    refused : list of int
+        0-based rows whose 3x3 part is not a rotation (orthonormal with determinant +1,
+        within 1e-4): not rigid motions, left out of ``matrices``.
+    """
+    matrices, refused = [], []
+    for row, values in enumerate(np.loadtxt(path, ndmin=2)):
+        matrix = np.eye(4)
+        matrix[:3] = values.reshape(3, 4)
+        rotation = matrix[:3, :3]
+        if (np.abs(rotation.T @ rotation - np.eye(3)).max() > 1e-4
+                or abs(np.linalg.det(rotation) - 1.0) > 1e-4):
+            refused.append(row)
+            continue
+        matrices.append(LPS_TO_RAS @ matrix @ LPS_TO_RAS)
+    return matrices, refused

@@ -20,13 +20,12 @@ import nibabel as nib
 import numpy as np
 
 from rtserver.errors import InputError
+from rtserver.rigid import LPS_TO_RAS
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-#: DICOM patient space (LPS) to NIfTI world space (RAS).
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass

@@ -18,13 +18,13 @@ from rtserver.config import Config
 from rtserver.errors import InputError, StateError
 from rtserver.pipeline import Pipeline
 from rtserver.replay import replay
-from rtserver.rigid import grid_centre, matrix_to_params, params_to_matrix
+from rtserver.rigid import grid_centre, matrix_to_params, params_to_matrix, read_afni_matrices
 from rtserver.server import Server
 from rtserver.sources import open_source
 from rtserver.stages import MotionCorrector
 
 from .conftest import DATA, SHARED_DATA, SIEMENS_NIFTI
-from .motion_truth import as_volume, move_volume, noisy, read_afni_matrices
+from .motion_truth import as_volume, move_volume, noisy
 
 AFNI_MATRICES = DATA / "motion" / "eddymotion_head-motion-parameters.aff12.1D"
 SHARED_NIFTI = SHARED_DATA / "nifti"

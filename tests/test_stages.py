@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from rtserver.config import Config
 from rtserver.errors import InputError
@@ -14,8 +13,8 @@ from rtserver.rigid import (
     grid_centre,
     matrix_to_params,
     params_to_matrix,
-    voxel_mapping,
 )
+from rtserver.simulate import apply_motion
 from rtserver.sources import open_source
 from rtserver.stages import FeedbackScaler, MotionCorrector, RoiExtractor, RoiSet
 from rtserver.volume import Volume
@@ -26,9 +25,7 @@ from .conftest import SIEMENS_MOSAIC
 def move(volume: Volume, params, index: int = 1, noise: float = 0.0, seed: int = 0) -> Volume:
     """Apply a known head motion: the moved volume V satisfies V(M x) = reference(x)."""
     matrix = params_to_matrix(params, grid_centre(volume.shape, volume.affine))
-    mapping = np.linalg.inv(voxel_mapping(matrix, volume.affine))
-    data = ndimage.affine_transform(volume.data.astype(np.float64), mapping, order=3,
-                                    mode="nearest")
+    data = apply_motion(volume.data.astype(np.float64), matrix, volume.affine)
     if noise:
         data += np.random.default_rng(seed).normal(0, noise, data.shape)
     return Volume(data.astype(np.float32), volume.affine, index=index, tr=volume.tr)
