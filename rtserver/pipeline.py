@@ -27,7 +27,10 @@ def load_reference(path: str | Path, index: int = 0) -> Volume:
     InputError
         If the source cannot be read or has no volume ``index``.
     """
-    source = open_source(path, tr=1.0)
+    try:
+        source = open_source(path, tr=1.0)
+    except InputError as exc:
+        raise InputError(f"Motion reference: {exc}") from None
     if not 0 <= index < source.n_volumes:
         raise InputError(
             f"Motion reference {path} has {source.n_volumes} volumes; volume {index} was "

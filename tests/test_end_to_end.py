@@ -269,11 +269,18 @@ def test_a_crash_loses_nothing_already_recorded(tmp_path, processes, context):
         (["serve", "--out", "{tmp}/o", "--volumes", "udp://x"], "should be a ZeroMQ endpoint"),
         (["serve", "--out", "{tmp}/o", "--config", "{tmp}/notes.txt"], "not valid TOML"),
         (["serve", "--out", "{tmp}/notes.txt/o"], "Cannot create the output folder"),
+        (["serve", "--out", "{tmp}/o", "--reference", "/no/such.nii.gz"],
+         "Motion reference: Source /no/such.nii.gz does not exist"),
+        (["serve", "--out", "{tmp}/o", "--reference", "{tmp}/broken.nii.gz"],
+         "Motion reference: Cannot read NIfTI file"),
+        (["serve", "--out", "{tmp}/o", "--config", "{tmp}/motion.toml"],
+         "'interpolation_order' should be 1, 2 or 3"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, processes, args, match):
     (tmp_path / "notes.txt").write_text("this is = = not toml\n")
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b broken")
+    (tmp_path / "motion.toml").write_text("[motion]\ninterpolation_order = 5\n")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
