@@ -398,11 +398,11 @@ class MotionCorrector:
                 if candidate_cost < cost:
                     matrix, cost, n_iterations = candidate, candidate_cost, candidate_iterations
         if not np.isfinite(cost):
-            raise InputError(
-                "Motion correction lost the head: fewer than half of the sample points fall "
-                "inside the volume at any candidate position."
-            )
-        if self.n_seen_ and (typical is None or cost <= self.restart_factor * typical):
+            # No candidate keeps half the sample points inside the volume (the start from
+            # rest always does, so this is defensive): keep the last position, censor.
+            matrix, n_iterations = self.matrix_, 0
+        if (self.n_seen_ and np.isfinite(cost)
+                and (typical is None or cost <= self.restart_factor * typical)):
             self.recent_costs_.append(cost)
         params = matrix_to_params(matrix, self.centre_)
         fd = framewise_displacement(self.params_, params) if self.n_seen_ else 0.0
@@ -410,7 +410,8 @@ class MotionCorrector:
         self.params_ = params
         self.n_seen_ += 1
         return MotionEstimate(params=params, matrix=matrix, fd=fd,
-                              censored=fd > self.fd_threshold, n_iterations=n_iterations,
+                              censored=fd > self.fd_threshold or not np.isfinite(cost),
+                              n_iterations=n_iterations,
                               cost=cost, restarted=restarted)
 
     # ------------------------------------------------------------------ outputs
