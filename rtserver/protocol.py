@@ -162,6 +162,33 @@ def parse_header(frame: bytes | memoryview, expected_types: Sequence[str]) -> di
 
 
 # --------------------------------------------------------------------------- volume channel
+#: The only ``meta`` keys a volume header may carry, with their types. Anything else a
+#: source attaches (a file name, a DICOM field) stays on the bridge: file names and DICOM
+#: text can hold a patient's name.
+WIRE_META: dict[str, type | tuple[type, ...]] = {
+    "kind": str,            # reader that made the volume, e.g. "siemens-mosaic"
+    "series_number": int,   # DICOM SeriesNumber
+    "volume_key": int,      # the scanner's own volume number (AcquisitionNumber, dynamic, ...)
+    "n_files": int,         # files the volume was assembled from
+}
+#: Longest string value allowed in ``meta``.
+MAX_META_TEXT = 32
+
+
+def wire_meta(meta: dict | None) -> dict:
+    """The part of ``meta`` allowed on the wire (see :data:`WIRE_META`); the rest is dropped."""
+    allowed = {}
+    for key, value in (meta or {}).items():
+        kind = WIRE_META.get(key)
+        if kind is None or isinstance(value, bool) or not isinstance(value, kind):
+            continue
+        if isinstance(value, str) and (len(value) > MAX_META_TEXT
+                                       or not re.fullmatch(r"[A-Za-z0-9_.-]*", value)):
+            continue
+        allowed[key] = value
+    return allowed
+
+
 def encode_volume(volume: Volume, t_sent: float | None = None) -> list:
     """Encode a volume as ``[header, voxels]`` frames for ``send_multipart(copy=False)``.
 
@@ -192,10 +219,10 @@ def encode_volume(volume: Volume, t_sent: float | None = None) -> list:
         "dtype": dtype,
         "affine": volume.affine.tolist(),
         "tr": volume.tr,
-        "t_acquired": volume.t_acquired,
+        "t_file_complete": volume.t_file_complete,
         "t_sent": t_sent,
         "nbytes": int(data.nbytes),
-        "meta": volume.meta,
+        "meta": wire_meta(volume.meta),
     }
     return [_dumps(header), memoryview(data).cast("B")]
 
@@ -238,8 +265,8 @@ def decode_volume(frames: Sequence, header: dict | None = None) -> tuple[Volume,
         affine=header["affine"],
         index=header["index"],
         tr=header["tr"],
-        t_acquired=header.get("t_acquired"),
-        meta=header.get("meta") or {},
+        t_file_complete=header.get("t_file_complete"),
+        meta=wire_meta(header.get("meta")),
     )
     return volume, header
 
@@ -283,7 +310,7 @@ def header_volume_fields(header: dict) -> None:
             f"last row [0, 0, 0, 1]. Got {affine!r}."
         )
     _number_field(header, "tr", positive=True)
-    _number_field(header, "t_acquired", optional=True)
+    _number_field(header, "t_file_complete", optional=True)
     _number_field(header, "t_sent", optional=True)
     nbytes = _int_field(header, "nbytes", minimum=1)
     expected = n_voxels * np.dtype(dtype).itemsize

@@ -18,8 +18,11 @@ Files (BIDS derivatives style, prefix ``sub-<id>_task-<task>_run-<n>``):
 - ``_desc-realigned_bold.nii.gz`` (only with ``[motion] reslice``): every volume resampled
   onto the reference grid with its motion undone (cubic spline, float32, 0 outside).
 - ``_desc-roi_timeseries.tsv``: one column per ROI.
-- ``_desc-feedback_timeseries.tsv``: ``volume value p_drug decision censored t_received
-  t_published latency_ms``.
+- ``_desc-feedback_timeseries.tsv``: ``volume value p_drug decision censored
+  t_file_complete t_sent t_received t_published latency_ms``. Times are Unix seconds:
+  when the bridge found the volume's last file complete, when it sent the volume (both on
+  the bridge's clock; empty when unknown), when the server received it and when it
+  published the feedback; ``latency_ms`` is received -> published on the server.
 - ``_desc-session.json``: software version, configuration, decoder model card, counters;
   written at the start and rewritten (atomically) at the end.
 """
@@ -48,10 +51,14 @@ from rtserver.volume import Volume
 log = logging.getLogger(__name__)
 
 CONFOUND_COLUMNS = (*PARAMETER_NAMES, "framewise_displacement")
-FEEDBACK_COLUMNS = ("volume", "value", "p_drug", "decision", "censored", "t_received",
-                    "t_published", "latency_ms")
+FEEDBACK_COLUMNS = ("volume", "value", "p_drug", "decision", "censored", "t_file_complete",
+                    "t_sent", "t_received", "t_published", "latency_ms")
 XFM_COLUMNS = tuple(f"m{row}{col}" for row in range(3) for col in range(4))
 NIFTI_HEADER_BYTES = 352  # NIfTI-1 header (348) + empty extension flag (4)
+
+
+def _time(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
 
 
 class GrowingNifti:
@@ -115,6 +122,7 @@ class Record:
     volume: Volume
     event: FeedbackEvent
     motion: MotionEstimate
+    t_sent: float | None = None
 
 
 class RunRecorder:
@@ -222,6 +230,7 @@ class RunRecorder:
             "" if event.p_drug is None else f"{event.p_drug:.6f}",
             "" if event.decision is None else str(event.decision),
             "1" if event.censored else "0",
+            _time(record.volume.t_file_complete), _time(record.t_sent),
             f"{event.t_received:.6f}", f"{event.t_published:.6f}", f"{event.latency_ms:.3f}",
         ])
         self._n_written += 1

@@ -219,6 +219,7 @@ class Server:
                     protocol.ACK, None, status="end")])
                 return
             volume, _ = protocol.decode_volume(payload, header)
+            t_sent = header.get("t_sent")
             index = volume.index
             self.counters.n_received += 1
         except ProtocolError as exc:
@@ -247,9 +248,10 @@ class Server:
         xpub.send_multipart(protocol.encode_feedback(event))
         router.send_multipart([identity, protocol.encode_reply(
             protocol.ACK, index, status="received")])
-        self._after_publish(volume, event)
+        self._after_publish(volume, event, t_sent)
 
-    def _after_publish(self, volume, event: protocol.FeedbackEvent) -> None:
+    def _after_publish(self, volume, event: protocol.FeedbackEvent,
+                       t_sent: float | None) -> None:
         self.counters.n_processed += 1
         if volume.index != self._last_index + 1 and volume.index > self._last_index:
             gap = list(range(self._last_index + 1, volume.index))
@@ -263,7 +265,7 @@ class Server:
                                          self._session(), reslice=reslice,
                                          ).start(self.pipeline.roi_names)
         self._recorder.put(Record(volume=volume, event=event,
-                                  motion=self.pipeline.motion_estimate))
+                                  motion=self.pipeline.motion_estimate, t_sent=t_sent))
 
     def _on_end(self, n_expected: int) -> None:
         self.counters.n_expected = n_expected

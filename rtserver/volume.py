@@ -48,7 +48,7 @@ class Volume:
         0-based position of the volume in its run.
     tr : float
         Repetition time in seconds.
-    t_acquired : float or None
+    t_file_complete : float or None
         Wall-clock time (Unix seconds) at which the volume's file was complete, if known.
     meta : dict
         Further non-identifying metadata (source file name, series description).
@@ -58,7 +58,7 @@ class Volume:
     affine: np.ndarray
     index: int
     tr: float
-    t_acquired: float | None = None
+    t_file_complete: float | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

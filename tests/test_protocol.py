@@ -18,7 +18,7 @@ AFFINE = [[3.0, 0, 0, -90], [0, 3.0, 0, -120], [0, 0, 4.0, -50], [0, 0, 0, 1]]
 
 def make_volume(shape=(4, 5, 3), dtype="<i2", index=7) -> Volume:
     data = np.arange(np.prod(shape), dtype=np.dtype(dtype)).reshape(shape)
-    return Volume(data, AFFINE, index=index, tr=1.5, t_acquired=123.5, meta={"file": "x.dcm"})
+    return Volume(data, AFFINE, index=index, tr=1.5, t_file_complete=123.5, meta={"file": "x.dcm"})
 
 
 def frames_with(header_changes: dict, drop: str | None = None) -> list:
@@ -109,7 +109,7 @@ def test_results_round_trip():
         ({"affine": "eye"}, "'affine' should be"),
         ({"tr": 0}, "'tr' should be > 0"),
         ({"tr": "2"}, "'tr' should be a finite number"),
-        ({"t_acquired": "now"}, "'t_acquired' should be a finite number"),
+        ({"t_file_complete": "now"}, "'t_file_complete' should be a finite number"),
         ({"t_sent": [1]}, "'t_sent' should be a finite number"),
         ({"nbytes": 119}, "'nbytes' should be 120"),
         ({"nbytes": 0}, "'nbytes' should be an integer >= 1"),
@@ -183,3 +183,19 @@ def test_pickled_header_is_rejected_not_loaded():
     payload = b"\x80\x04\x95\x06\x00\x00\x00\x00\x00\x00\x00K\x01\x85\x94."  # pickle of (1,)
     with pytest.raises(ProtocolError, match="UTF-8 JSON"):
         protocol.parse_header(payload, [protocol.VOLUME])
+
+
+def test_only_non_identifying_metadata_goes_on_the_wire():
+    """File names and free text can hold a patient's name: only WIRE_META keys are sent,
+    and a receiver drops anything else it is sent."""
+    volume = Volume(np.zeros((2, 2, 2), np.int16), AFFINE, index=0, tr=2.0, meta={
+        "file": "DOE_JANE_001.dcm", "PatientName": "Doe^Jane", "kind": "siemens-mosaic",
+        "series_number": 5, "volume_key": 7, "n_files": 1, "series_description": "x"})
+    header = json.loads(bytes(protocol.encode_volume(volume)[0]))
+    assert header["meta"] == {"kind": "siemens-mosaic", "series_number": 5, "volume_key": 7,
+                              "n_files": 1}
+    assert protocol.wire_meta({"kind": "Doe^Jane", "n_files": "3", "volume_key": True}) == {}
+    header["meta"]["PatientID"] = "PID123"
+    frames = [json.dumps(header).encode(), np.zeros((2, 2, 2), np.int16).tobytes()]
+    decoded, _ = protocol.decode_volume(frames)
+    assert "PatientID" not in decoded.meta

@@ -444,4 +444,4 @@ class MotionCorrector:
                                         output_shape=self.reference_shape_, order=order,
                                         mode="constant", cval=0.0)
         return Volume(data, self.reference_affine_, index=volume.index, tr=volume.tr,
-                      t_acquired=volume.t_acquired, meta=volume.meta)
+                      t_file_complete=volume.t_file_complete, meta=volume.meta)
