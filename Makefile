@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 OUT    ?= demo-output
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM_PACKAGES := xvfb xauth libgl1 libglu1-mesa libegl1 libxkbcommon-x11-0 \
-                   libxcb-cursor0 fonts-dejavu-core docker-compose python3-venv
+                   libxcb-cursor0 fonts-dejavu-core docker-compose python3-venv dcm2niix
 # Run under a virtual screen unless there is a real one.
 XRUN   := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1280x1024x24")
 
@@ -23,6 +23,7 @@ test: system venv
 
 benchmark: venv
 	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/motion.py
 
 lint: venv
 	$(BIN)/ruff check rtserver feedback_display tests benchmarks

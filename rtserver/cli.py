@@ -16,6 +16,7 @@ from rtserver import __version__
 from rtserver.config import load_config
 from rtserver.errors import InputError, RtfmriError
 from rtserver.protocol import DEFAULT_FEEDBACK, DEFAULT_RESULTS, DEFAULT_VOLUMES
+from rtserver.readers import FORMATS
 
 log = logging.getLogger("rtserver")
 
@@ -60,16 +61,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = commands.add_parser(
         "send", help="scanner bridge: send a series to a server",
-        description="Read SOURCE (a 4D NIfTI, a folder of 3D NIfTI files, a folder of Siemens "
-        "mosaic DICOM files, or a recorded run folder) and send its volumes to a server, "
-        "paced at the TR unless told otherwise. Each volume is resent until acknowledged.")
+        description="Read SOURCE and send its volumes to a server, each resent until "
+        "acknowledged. SOURCE is a scanner export folder (Siemens mosaic or XA enhanced "
+        "DICOM, GE or Philips per-slice DICOM, Philips PAR/REC, 3D NIfTI files), a 4D NIfTI "
+        "or a recorded run folder; the layout is detected from the files (--format forces "
+        "one). Without --watch the series is replayed, paced at the TR unless told "
+        "otherwise. With --watch SOURCE is the folder the scanner is writing into: each "
+        "volume is sent as soon as its files are complete, in acquisition order. Patient "
+        "identity (names, IDs, birth date, file names) is never sent.")
     send.add_argument("source", type=Path, metavar="SOURCE",
-                      help="4D NIfTI, folder of 3D NIfTI, Siemens mosaic DICOM folder, or run folder")
+                      help="export folder, 4D NIfTI, or recorded run folder")
     send.add_argument("--to", default=DEFAULT_VOLUMES, metavar="ADDR",
                       help=f"the server's volume channel (default {DEFAULT_VOLUMES})")
+    send.add_argument("--format", choices=FORMATS, metavar="FORMAT",
+                      help="read the files as this layout instead of detecting it: "
+                      + ", ".join(FORMATS))
     _add_pacing(send)
     send.add_argument("--timeout", type=float, default=30.0, metavar="S",
                       help="give up after S seconds without an acknowledgement (default 30)")
+    live = send.add_argument_group("watching a live export folder")
+    live.add_argument("--watch", action="store_true",
+                      help="follow the folder as the scanner writes into it (inotify)")
+    live.add_argument("--poll", type=float, metavar="S",
+                      help="with --watch: look every S seconds instead of using inotify "
+                      "(network shares, where file events do not arrive)")
+    live.add_argument("--series", type=int, metavar="N",
+                      help="with --watch: follow DICOM series number N (default: the first "
+                      "series that arrives)")
+    live.add_argument("--slices", type=int, metavar="N",
+                      help="slices per volume, for per-slice files that do not state it")
+    live.add_argument("--n-volumes", type=int, metavar="N",
+                      help="with --watch: end the run after N volumes")
+    live.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
+                      help="with --watch: end the run when no file has come for S seconds "
+                      "(default 60)")
+    live.add_argument("--missing-after", type=float, metavar="S",
+                      help="with --watch: report a volume missing (and go on) once a later "
+                      "one has been complete for S seconds (default 2 TR)")
     send.set_defaults(func=cmd_send)
 
     replay = commands.add_parser(
@@ -220,7 +248,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     from rtserver.bridge import ScannerBridge
     from rtserver.sources import open_source
 
-    source = open_source(args.source)
+    if args.watch:
+        return _send_watched(args)
+    for option in ("poll", "series", "n_volumes"):
+        if getattr(args, option) is not None:
+            raise InputError(f"--{option.replace('_', '-')} needs --watch.")
+    source = open_source(args.source, file_format=args.format, n_slices=args.slices)
     interval = _interval(args, source.tr)
     log.info("sending %d volumes of %s (%s) to %s, %s", source.n_volumes, source.path,
              source.kind, args.to,
@@ -232,6 +265,46 @@ def cmd_send(args: argparse.Namespace) -> int:
     log.info("sent %d volumes, %d acknowledged, %d resends, %d rejected", report.n_sent,
              report.n_acknowledged, report.n_resent, len(report.rejected))
     return 1 if report.rejected else 0
+
+
+def _send_watched(args: argparse.Namespace) -> int:
+    import threading
+
+    from tqdm import tqdm
+
+    from rtserver.bridge import ScannerBridge
+    from rtserver.watch import watch_and_send
+
+    if args.tr is not None or args.speed is not None or args.asap:
+        raise InputError("--tr, --speed and --asap pace a replay; with --watch volumes go as "
+                         "the scanner writes them.")
+    if args.poll is not None and args.poll <= 0:
+        raise InputError(f"--poll should be > 0 seconds. Got {args.poll}.")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s; ending the run", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    log.info("watching %s (%s); sending to %s", args.source,
+             f"polling every {args.poll:g} s" if args.poll else "file events", args.to)
+    with ScannerBridge(args.to, timeout=args.timeout) as bridge, tqdm(
+        unit="vol", disable=None, desc="watch", leave=False
+    ) as progress:
+        report = watch_and_send(
+            args.source, bridge.send_volume, poll=args.poll, file_format=args.format,
+            n_slices=args.slices, series_number=args.series, n_volumes=args.n_volumes,
+            idle_timeout=args.idle_timeout, missing_after=args.missing_after, stop=stop,
+            progress=progress)
+        bridge.send_end(report.n_sent + len(report.missing))
+    sent = bridge.report
+    log.info("sent %d volumes from %d files (%d acknowledged, %d resends, %d rejected); "
+             "%d missing %s; %d files skipped", report.n_sent, report.n_files,
+             sent.n_acknowledged, sent.n_resent, len(sent.rejected), len(report.missing),
+             report.missing[:20], report.n_skipped)
+    return 1 if sent.rejected or report.missing else 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

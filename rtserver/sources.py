@@ -1,9 +1,12 @@
 """Read what a scanner (or a recorded session) wrote, as a sequence of :class:`Volume`.
 
 Supported here: a 4D NIfTI file (also a recorded session's ``*_bold.nii.gz``, or a folder
-holding exactly one), a folder of 3D NIfTI files, and a folder of Siemens classic mosaic
-DICOM files (one file per volume). Patient identity never leaves this module: a volume
-carries voxels, geometry, TR and the source file's base name only.
+holding exactly one), a folder of 3D NIfTI files, and a scanner export folder of any layout
+:mod:`rtserver.readers` reads (Siemens mosaic and XA enhanced DICOM, GE and Philips
+per-slice DICOM, Philips PAR/REC), assembled into volumes by the same code as a watched
+live folder (:class:`rtserver.watch.SeriesAssembler`). Patient identity never leaves this
+module: a volume carries voxels, geometry, TR, series and volume numbers, and locally the
+name of the file it came from (which the wire protocol never sends).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,6 @@ import nibabel as nib
 import numpy as np
 
 from rtserver.errors import InputError
-from rtserver.rigid import LPS_TO_RAS
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ class VolumeSource:
     path : Path
         The file or folder read.
     kind : str
-        ``"nifti4d"``, ``"nifti3d-folder"`` or ``"siemens-mosaic"``.
+        ``"nifti4d"``, ``"nifti3d-folder"``, or the readers' kind of the scanner files
+        (``"siemens-mosaic"``, ``"ge-slice"``, ``"parrec"``, ...).
     tr : float
         Repetition time in seconds.
     n_volumes : int
@@ -57,16 +60,23 @@ class VolumeSource:
         return self.n_volumes
 
 
-def open_source(path: str | Path, tr: float | None = None) -> VolumeSource:
+def open_source(path: str | Path, tr: float | None = None, file_format: str | None = None,
+                n_slices: int | None = None) -> VolumeSource:
     """Open a scanner export or recorded session for reading volume by volume.
 
     Parameters
     ----------
     path : str or Path
-        A 4D NIfTI file, a folder of 3D NIfTI files, a folder of Siemens mosaic DICOM files,
-        or a recorded run folder holding one ``*_bold.nii[.gz]``.
+        A 4D NIfTI file, a folder of 3D NIfTI files, a scanner export folder (DICOM of any
+        layout :mod:`rtserver.readers` reads, or PAR/REC), a PAR file, or a recorded run
+        folder holding one ``*_bold.nii[.gz]``.
     tr : float or None
         Repetition time (s) to use when the files do not state one.
+    file_format : str or None
+        Read the files as this layout (see :data:`rtserver.readers.FORMATS`) instead of
+        detecting it.
+    n_slices : int or None
+        Slices per volume, for per-slice files that do not state it.
 
     Returns
     -------
@@ -81,25 +91,24 @@ def open_source(path: str | Path, tr: float | None = None) -> VolumeSource:
     if not path.exists():
         raise InputError(f"Source {path} does not exist.")
     if path.is_file():
-        if _is_nifti(path):
+        if _is_nifti(path) and file_format in (None, "nifti"):
             return _nifti4d_source(path, tr)
+        if path.suffix.lower() == ".par" or file_format is not None:
+            return _scanner_source(path, [path], tr, file_format, n_slices)
         raise InputError(
-            f"Source {path} should be a NIfTI file (.nii, .nii.gz) or a folder. "
+            f"Source {path} should be a NIfTI file (.nii, .nii.gz), a PAR file or a folder. "
             f"Got a file with suffix {''.join(path.suffixes) or '(none)'}."
         )
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
+                   key=_natural_key)
     niftis = [p for p in files if _is_nifti(p)]
-    bolds = [p for p in niftis if re.search(r"_bold\.nii(\.gz)?$", p.name)]
-    if len(bolds) == 1:
-        return _nifti4d_source(bolds[0], tr)
-    if niftis:
-        return _nifti3d_folder_source(path, niftis, tr)
-    dicoms = [p for p in files if _looks_like_dicom(p)]
-    if dicoms:
-        return _siemens_mosaic_source(path, dicoms, tr)
-    raise InputError(
-        f"Source folder {path} holds no NIfTI or DICOM files (looked at {len(files)} files)."
-    )
+    if file_format in (None, "nifti") and niftis:
+        bolds = [p for p in niftis if re.search(r"_bold\.nii(\.gz)?$", p.name)]
+        if len(bolds) == 1:
+            return _nifti4d_source(bolds[0], tr)
+        if file_format == "nifti" or not any(_looks_like_scanner_file(p) for p in files):
+            return _nifti3d_folder_source(path, niftis, tr)
+    return _scanner_source(path, files, tr, file_format, n_slices)
 
 
 # --------------------------------------------------------------------------- NIfTI
@@ -208,9 +217,9 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-# --------------------------------------------------------------------------- DICOM
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".ima"):
+# --------------------------------------------------------------------------- scanner files
+def _looks_like_scanner_file(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".ima", ".par"):
         return True
     try:
         with path.open("rb") as handle:
@@ -220,76 +229,50 @@ def _looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def read_mosaic_file(path: Path) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Read one Siemens mosaic file.
+def _scanner_source(where: Path, files: list[Path], tr: float | None,
+                    file_format: str | None, n_slices: int | None) -> VolumeSource:
+    """Every volume of the main series in ``files``, assembled as a live folder would be."""
+    from rtserver.readers import IncompleteFileError, read_file
+    from rtserver.watch import SeriesAssembler
 
-    Returns
-    -------
-    data : numpy.ndarray
-        The unpacked 3D volume (as stored, with rescale applied only when the file has one).
-    affine : numpy.ndarray
-        Voxel-to-world RAS+ matrix (mm).
-    acquisition : int
-        The DICOM AcquisitionNumber (order of the volume in the run).
-    tr : float
-        Repetition time in seconds.
-
-    Raises
-    ------
-    InputError
-        If the file is not a readable Siemens mosaic (truncated, another kind of image).
-    """
-    with warnings.catch_warnings():  # nibabel warns that nicom is experimental, on import
-        warnings.simplefilter("ignore", UserWarning)
-        from nibabel.nicom import dicomwrappers
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            wrapper = dicomwrappers.wrapper_from_file(str(path))
-            if not getattr(wrapper, "is_mosaic", False):
-                raise InputError(f"{path.name} is not a Siemens mosaic image; skipped.")
-            data = wrapper.get_data()
-            affine = LPS_TO_RAS @ wrapper.affine
-    except InputError:
-        raise
-    except Exception as exc:  # pydicom and nibabel raise many types on broken files
-        raise InputError(f"Cannot read DICOM file {path.name}: {type(exc).__name__}: {exc}") from None
-    dataset = wrapper.dcm_data
-    acquisition = dataset.get("AcquisitionNumber", dataset.get("InstanceNumber"))
-    repetition = dataset.get("RepetitionTime")
-    if acquisition is None or repetition is None:
-        raise InputError(f"{path.name} lacks AcquisitionNumber or RepetitionTime.")
-    if data.dtype.kind == "f" and np.all(data == np.round(data)) and data.max() < 65536:
-        data = data.astype(np.uint16 if data.min() >= 0 else np.int32)
-    return np.ascontiguousarray(data), affine, int(acquisition), float(repetition) / 1000.0
-
-
-def _siemens_mosaic_source(folder: Path, files: list[Path], tr: float | None) -> VolumeSource:
-    entries: dict[int, Path] = {}
-    repetition = tr
+    pieces, names = [], {}
     for path in files:
         try:
-            _, _, acquisition, file_tr = read_mosaic_file(path)
+            got = read_file(path, file_format)
+        except IncompleteFileError as exc:
+            log.warning("skipped %s: incomplete (%s)", path.name, exc)
+            continue
         except InputError as exc:
-            log.warning("skipped %s", exc)
+            log.info("skipped %s: %s", path.name, exc)
             continue
-        if acquisition in entries:
-            log.warning(
-                "skipped %s: same acquisition number (%d) as %s",
-                path.name, acquisition, entries[acquisition].name,
-            )
-            continue
-        entries[acquisition] = path
-        repetition = repetition if repetition is not None else file_tr
-    if not entries:
-        raise InputError(f"No readable Siemens mosaic DICOM file in {folder}.")
-    ordered = [entries[key] for key in sorted(entries)]
-
-    def load() -> Iterator[Volume]:
-        for index, path in enumerate(ordered):
-            data, affine, _, _ = read_mosaic_file(path)
-            yield Volume(data=data, affine=affine, index=index, tr=float(repetition),
-                         meta={"file": path.name})
-
-    return VolumeSource(folder, "siemens-mosaic", float(repetition), len(ordered), load)
+        for piece in got:
+            names[id(piece)] = path.name
+        pieces += got
+    if not pieces:
+        raise InputError(f"{where} holds no readable fMRI image (looked at {len(files)} files).")
+    # The run is the series with the most volumes; localizers and others are left out.
+    volumes_per_series = Counter({series: len({p.volume_key for p in pieces
+                                               if p.series == series})
+                                  for series in {p.series for p in pieces}})
+    main = volumes_per_series.most_common(1)[0][0]
+    assembler = SeriesAssembler(n_slices=n_slices)
+    for piece in sorted(pieces, key=lambda p: (p.series != main, p.volume_key,
+                                               -1e9 if p.slice_key is None else p.slice_key)):
+        try:
+            assembler.add(piece, 0.0)
+        except InputError as exc:
+            log.warning("skipped %s: %s", names[id(piece)], exc)
+    assembled = assembler.flush()
+    if not assembled:
+        raise InputError(f"{where} holds no whole volume (every volume lacks files).")
+    repetition = tr if tr is not None else next((v.tr for v in assembled if v.tr), None)
+    if repetition is None:
+        raise InputError(f"{where} states no TR; pass --tr.")
+    volumes = [Volume(data=np.ascontiguousarray(item.data), affine=item.affine,
+                      index=item.key - assembler.start_key, tr=float(repetition),
+                      meta={"kind": item.kind, "volume_key": item.key, "n_files": item.n_files,
+                            **({"series_number": item.series_number}
+                               if item.series_number is not None else {})})
+               for item in assembled]
+    return VolumeSource(where, assembled[0].kind, float(repetition), len(volumes),
+                        lambda: iter(volumes))

@@ -37,7 +37,7 @@ def test_duplicate_acquisition_is_skipped_with_a_log_line(caplog):
     with caplog.at_level(logging.WARNING):
         source = open_source(SIEMENS_MOSAIC)
     assert source.n_volumes == 10
-    assert "same acquisition number (10)" in caplog.text
+    assert "skipped 001_000013_000010.dcm: a repeat of volume 10" in caplog.text
 
 
 def test_truncated_dicom_is_skipped_not_sent(tmp_path, caplog):
@@ -49,8 +49,8 @@ def test_truncated_dicom_is_skipped_not_sent(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         source = open_source(folder)
     assert source.n_volumes == 4
-    assert "Cannot read DICOM file 001_000013_000005.dcm" in caplog.text
-    assert [v.meta["file"] for v in source] == [f"001_000013_00000{i}.dcm" for i in range(1, 5)]
+    assert "skipped 001_000013_000005.dcm: incomplete" in caplog.text
+    assert [v.meta["volume_key"] for v in source] == [1, 2, 3, 4]
 
 
 def test_4d_nifti_source_gives_the_stored_volumes():
@@ -89,7 +89,7 @@ def test_folder_of_3d_nifti_without_tr_says_so(tmp_path):
     ("make", "match"),
     [
         (lambda p: p / "missing", "does not exist"),
-        (lambda p: p, "holds no NIfTI or DICOM files"),
+        (lambda p: p, "holds no readable fMRI image"),
         (lambda p: (p / "x.txt").write_text("x") and p / "x.txt", "should be a NIfTI file"),
     ],
 )
