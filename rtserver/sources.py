@@ -101,13 +101,23 @@ def open_source(path: str | Path, tr: float | None = None, file_format: str | No
         )
     files = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
                    key=_natural_key)
+    scanner_files = [p for p in files if _looks_like_scanner_file(p)]
+    if not scanner_files:
+        # An exam folder (e.g. GE's p1/e123/s1925/) keeps its images in subfolders.
+        nested = sorted((p for p in path.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(path).parts)),
+            key=lambda p: _natural_key(p.relative_to(path)))
+        scanner_files = [p for p in nested if _looks_like_scanner_file(p)]
     niftis = [p for p in files if _is_nifti(p)]
     if file_format in (None, "nifti") and niftis:
         bolds = [p for p in niftis if re.search(r"_bold\.nii(\.gz)?$", p.name)]
         if len(bolds) == 1:
             return _nifti4d_source(bolds[0], tr)
-        if file_format == "nifti" or not any(_looks_like_scanner_file(p) for p in files):
+        if file_format == "nifti" or not scanner_files:
             return _nifti3d_folder_source(path, niftis, tr)
+    if scanner_files and file_format in (None, "siemens-mosaic", "siemens-enhanced", "ge",
+                                         "philips", "parrec", "dicom"):
+        files = scanner_files
     return _scanner_source(path, files, tr, file_format, n_slices)
 
 
@@ -214,7 +224,8 @@ def _folder_tr(folder: Path, first: nib.Nifti1Image, path: Path) -> float:
 
 
 def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+    name = path.name if path.is_absolute() else str(path)
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 # --------------------------------------------------------------------------- scanner files
