@@ -184,7 +184,10 @@ def _add_output_endpoints(parser: argparse.ArgumentParser) -> None:
 
 def _add_pacing(parser: argparse.ArgumentParser, default_asap: bool = False) -> None:
     pacing = parser.add_mutually_exclusive_group()
-    pacing.add_argument("--tr", type=float, metavar="S", help="send one volume every S seconds")
+    pacing.add_argument("--tr", type=float, metavar="S",
+                        help="the TR in seconds, for files that state none or a wrong one; "
+                        "a replay sends one volume every S seconds (with --watch volumes go "
+                        "as they come)")
     pacing.add_argument("--speed", type=float, metavar="X",
                         help="send X times faster than the acquisition TR")
     pacing.add_argument("--asap", action="store_true", default=default_asap,
@@ -253,7 +256,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     for option in ("poll", "series", "n_volumes"):
         if getattr(args, option) is not None:
             raise InputError(f"--{option.replace('_', '-')} needs --watch.")
-    source = open_source(args.source, file_format=args.format, n_slices=args.slices)
+    source = open_source(args.source, tr=args.tr, file_format=args.format, n_slices=args.slices)
     interval = _interval(args, source.tr)
     log.info("sending %d volumes of %s (%s) to %s, %s", source.n_volumes, source.path,
              source.kind, args.to,
@@ -275,9 +278,11 @@ def _send_watched(args: argparse.Namespace) -> int:
     from rtserver.bridge import ScannerBridge
     from rtserver.watch import watch_and_send
 
-    if args.tr is not None or args.speed is not None or args.asap:
-        raise InputError("--tr, --speed and --asap pace a replay; with --watch volumes go as "
-                         "the scanner writes them.")
+    if args.speed is not None or args.asap:
+        raise InputError("--speed and --asap pace a replay; with --watch volumes go as the "
+                         "scanner writes them.")
+    if args.tr is not None and args.tr <= 0:
+        raise InputError(f"--tr should be > 0 seconds. Got {args.tr}.")
     if args.poll is not None and args.poll <= 0:
         raise InputError(f"--poll should be > 0 seconds. Got {args.poll}.")
     stop = threading.Event()
@@ -296,8 +301,8 @@ def _send_watched(args: argparse.Namespace) -> int:
         report = watch_and_send(
             args.source, bridge.send_volume, poll=args.poll, file_format=args.format,
             n_slices=args.slices, series_number=args.series, n_volumes=args.n_volumes,
-            idle_timeout=args.idle_timeout, missing_after=args.missing_after, stop=stop,
-            progress=progress)
+            idle_timeout=args.idle_timeout, missing_after=args.missing_after, tr=args.tr,
+            stop=stop, progress=progress)
         bridge.send_end(report.n_sent + len(report.missing))
     sent = bridge.report
     log.info("sent %d volumes from %d files (%d acknowledged, %d resends, %d rejected); "

@@ -319,6 +319,12 @@ class FolderWatcher:
                 continue
             state = self._states.setdefault(path, _FileState())
             state.closed = state.closed or closed
+            # A file read together with a sibling (a PAR with its REC) is tried again when
+            # the sibling changes.
+            stem = os.path.splitext(path)[0]
+            for other, sibling in self._states.items():
+                if other != path and os.path.splitext(other)[0] == stem:
+                    sibling.attempted = None
         now_wall, now = time.time(), time.monotonic()
         ready = []
         for path, state in list(self._states.items()):
@@ -416,15 +422,20 @@ def watch_and_send(folder: str | Path, send: Callable[[Volume], object], *,
                                 series_number=series_number, first_hold=FIRST_HOLD_SECONDS)
     report = WatchReport()
     last_activity = time.monotonic()
+    tr_default: list[float | None] = [None]  # set (and warned about) once when files lack a TR
     skipped: dict[str, str] = {}  # unreadable or foreign files (watched, should they change)
     rejected: dict[str, str] = {}  # readable files of another series, repeats, late volumes
 
     def deliver(volumes: list[AssembledVolume]) -> None:
         for item in volumes:
             index = item.key - assembler.start_key
+            repetition = item.tr or tr or tr_default[0]
+            if repetition is None:
+                log.warning("the files state no TR; taking 2 s (pass --tr)")
+                tr_default[0] = repetition = 2.0
             volume = Volume(
                 data=np.ascontiguousarray(item.data), affine=item.affine, index=index,
-                tr=item.tr or tr or 2.0, t_file_complete=item.t_file_complete,
+                tr=repetition, t_file_complete=item.t_file_complete,
                 meta={"kind": item.kind, "volume_key": item.key, "n_files": item.n_files,
                       **({"series_number": item.series_number}
                          if item.series_number is not None else {})},
