@@ -5,9 +5,10 @@ while ``watch_and_send`` follows the folder and sends each volume to a real serv
 ZeroMQ (loopback). For every volume the latency is the server's receive time minus the time
 the writer finished the volume's last file. Printed: median and p95 (ms), per mode (inotify
 events, and polling), for a Siemens mosaic series (one file per volume, from tests/data,
-cycled to 60 volumes, one every 0.25 s) and, when ../shared/data is here, the GE per-slice
-series (15 files a volume, one volume a second: its deliberate head motion makes the server
-work longer on some volumes). Volume 0 is left out: it is held back 0.25 s in case an
+cycled to 60 volumes, one every 0.25 s) and, when ../shared/data is here, the Siemens XA30
+enhanced series (one multi-frame file a volume, 20 volumes) and the GE per-slice series (15
+files a volume, one volume a second: its deliberate head motion makes the server work longer
+on some volumes). Volume 0 is left out: it is held back 0.25 s in case an
 earlier volume is still being found, and the server sets up its reference on it.
 
     python benchmarks/watch_latency.py [--volumes 60] [--interval 0.25]
@@ -37,6 +38,7 @@ from rtserver.watch import watch_and_send
 ROOT = Path(__file__).resolve().parents[1]
 MOSAIC = ROOT / "tests" / "data" / "siemens_mosaic_skyra_10vol"
 GE = ROOT.parent / "shared" / "data" / "dicom" / "ge_mr750_deliberate_motion_10vol"
+XA30 = ROOT.parent / "shared" / "data" / "dicom" / "siemens_xa30_enhanced_20vol"
 ANY_PORT = "tcp://127.0.0.1:*"
 
 
@@ -105,7 +107,11 @@ def main() -> None:
             files = sorted(p for p in GE.iterdir() if p.suffix == ".dcm")
             keys = {p: read_file(p)[0].volume_key for p in files}
             series["GE per-slice 64x64x15 (15 files/volume)"] = groups_by_volume(files, keys)
-        intervals = {name: args.interval if "mosaic" in name else max(args.interval, 1.0)
+        if XA30.exists():
+            files = sorted(p for p in XA30.iterdir() if p.suffix == ".dcm")
+            keys = {p: read_file(p)[0].volume_key for p in files}
+            series["Siemens XA30 enhanced 64x64x33"] = groups_by_volume(files, keys)
+        intervals = {name: args.interval if "GE" not in name else max(args.interval, 1.0)
                      for name in series}
         for mode, poll in (("inotify", None), (f"polling {args.poll:g} s", args.poll)):
             for name, groups in series.items():

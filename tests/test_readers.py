@@ -27,6 +27,7 @@ import pydicom
 import pytest
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
     RawDataStorage,
     RLELossless,
@@ -439,6 +440,28 @@ def test_dicom_cut_short_is_incomplete(source, fraction, tmp_path):
         read_file(cut)
 
 
+@pytest.mark.parametrize("source", [sorted(GE_SLICES.glob("*.dcm"))[0], SIEMENS_ENHANCED / "6_1.dcm"],
+                         ids=["ge-slice", "siemens-enhanced"])
+def test_dicom_cut_at_any_byte_is_incomplete(source, tmp_path):
+    """pydicom reads what there is of a value cut short without a word: a half-written group
+    length, SOP class UID, sequence or pixel data must not read as broken, foreign or whole."""
+    data = source.read_bytes()
+    cut = tmp_path / source.name
+    lengths = [*range(1, 700), *np.linspace(700, len(data) - 1, 300).astype(int).tolist()]
+    wrong = {}
+    for length in lengths:
+        cut.write_bytes(data[:length])
+        try:
+            read_file(cut)
+        except IncompleteFileError:
+            continue
+        except InputError as exc:
+            wrong[length] = f"{type(exc).__name__}: {exc}"
+        else:
+            wrong[length] = "read as whole"
+    assert not wrong, f"{len(wrong)} cut lengths not seen as incomplete, e.g. {next(iter(wrong.items()))}"
+
+
 @pytest.mark.parametrize("length", [0, 60, 131], ids=["empty", "preamble-60", "preamble-131"])
 def test_dicom_still_at_its_preamble_is_incomplete(length, tmp_path):
     path = tmp_path / "MR.0001.dcm"
@@ -659,10 +682,33 @@ def test_other_transfer_syntaxes_read_the_same(syntax, tmp_path):
     np.testing.assert_allclose(piece.affine, expected.affine)
 
 
+@pytest.mark.parametrize("source", [
+    SIEMENS_MOSAIC / "001_000013_000001.dcm", SIEMENS_ENHANCED / "6_1.dcm",
+    sorted(PHILIPS_SLICES.glob("*.dcm"))[0], sorted(GE_SLICES.glob("*.dcm"))[0],
+], ids=["siemens-mosaic", "siemens-enhanced", "philips-slice", "ge-slice"])
+def test_explicit_big_endian_reads_the_same(source, tmp_path):
+    """A retired transfer syntax, but pydicom reads it: values come out in native byte order."""
+    expected = read_file(source)
+    dataset = pydicom.dcmread(source)
+    # pydicom writes the pixel bytes as they are: swap them as a big-endian writer would.
+    dataset.PixelData = np.frombuffer(dataset.PixelData, "<u2").astype(">u2").tobytes()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    path = tmp_path / "big_endian.dcm"
+    pydicom.dcmwrite(path, dataset, implicit_vr=False, little_endian=False, force_encoding=True)
+    pieces = read_file(path)
+    assert [piece.kind for piece in pieces] == [piece.kind for piece in expected]
+    for piece, reference in zip(pieces, expected, strict=True):
+        assert piece.data.dtype == reference.data.dtype and piece.data.dtype.isnative
+        assert np.array_equal(piece.data, reference.data)
+        np.testing.assert_allclose(piece.affine, reference.affine)
+        assert (piece.volume_key, piece.n_slices) == (reference.volume_key, reference.n_slices)
+
+
 @pytest.mark.parametrize("folder", [SIEMENS_MOSAIC, SIEMENS_ENHANCED, PHILIPS_SLICES, GE_SLICES],
                          ids=["siemens-mosaic", "siemens-enhanced", "philips-slice", "ge-slice"])
 def test_stored_pixels_equal_pydicoms(folder):
-    """The header walker finds the same pixels and geometry as pydicom (and nibabel, for mosaics)."""
+    """The pixels and geometry read equal pydicom's ``pixel_array`` and positions (and nibabel's
+    unpacking and geometry, for mosaics)."""
     for path in sorted(folder.glob("*.dcm"))[:4]:
         dataset = pydicom.dcmread(path)
         pieces = read_file(path)
