@@ -1,15 +1,16 @@
 """Latency from a file being complete in a watched folder to its volume reaching the server.
 
 A writer thread puts real scanner files into a folder at a fixed pace (rtserver.export_writer)
-while ``watch_and_send`` follows the folder and sends each volume to a real server over
-ZeroMQ (loopback). For every volume the latency is the server's receive time minus the time
-the writer finished the volume's last file. Printed: median and p95 (ms), per mode (inotify
-events, and polling), for a Siemens mosaic series (one file per volume, from tests/data,
-cycled to 60 volumes, one every 0.25 s) and, when ../shared/data is here, the Siemens XA30
-enhanced series (one multi-frame file a volume, 20 volumes) and the GE per-slice series (15
-files a volume, one volume a second: its deliberate head motion makes the server work longer
-on some volumes). Volume 0 is left out: it is held back 0.25 s in case an
-earlier volume is still being found, and the server sets up its reference on it.
+while ``watch_and_send`` follows the folder and sends each volume over ZeroMQ (loopback) to
+``rtserver serve`` running as its own process, as bridge and server do in a session. For
+every volume the latency is the server's receive time minus the time the writer finished
+the volume's last file. Printed: median and p95 (ms), per mode (inotify events, and
+polling), for a Siemens mosaic series (one file per volume, from tests/data, cycled to 60
+volumes, one every 0.25 s) and, when ../shared/data is here, the Siemens XA30 enhanced
+series (one multi-frame file a volume, 20 volumes) and the GE per-slice series (15 files a
+volume, one volume a second: its deliberate head motion makes the server work longer on
+some volumes). Volume 0 is left out: it is held back 0.25 s in case an earlier volume is
+still being found, and the server sets up its reference on it.
 
     python benchmarks/watch_latency.py [--volumes 60] [--interval 0.25]
 
@@ -21,18 +22,19 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import re
+import subprocess
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
 from rtserver.bridge import ScannerBridge
-from rtserver.config import Config
 from rtserver.export_writer import ExportPlan, ExportWriter, groups_by_volume
 from rtserver.readers import read_file
-from rtserver.replay import ServerThread
-from rtserver.server import Server
 from rtserver.watch import watch_and_send
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,18 +60,28 @@ def long_mosaic_series(folder: Path, n_volumes: int) -> list[list[Path]]:
     return groups
 
 
+def start_server(out: Path) -> tuple[subprocess.Popen, str]:
+    """``rtserver serve`` on a free port; returns the process and its volume address."""
+    command = [str(Path(sys.executable).parent / "rtserver"), "serve", "--out", str(out),
+               "--volumes", ANY_PORT, "--feedback", ANY_PORT, "--results", ANY_PORT]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        match = re.search(r"listening: volumes (\S+),", line)
+        if match:
+            threading.Thread(target=process.stderr.read, daemon=True).start()  # drain
+            return process, match.group(1)
+    raise RuntimeError("rtserver serve did not start")
+
+
 def measure(groups: list[list[Path]], interval: float, poll: float | None,
             work: Path) -> dict[str, list[float]]:
-    config = Config().with_overrides(network={"volumes": ANY_PORT, "feedback": ANY_PORT,
-                                              "results": ANY_PORT})
-    server = Server(config, work / "out")
-    thread = ServerThread(server).start()
+    server, address = start_server(work / "out")
     writer = ExportWriter(ExportPlan(groups=groups, interval=interval), work / "export").start()
-    with ScannerBridge(server.endpoints["volumes"]) as bridge:
+    with ScannerBridge(address) as bridge:
         report = watch_and_send(work / "export", bridge.send_volume, poll=poll,
                                 n_volumes=len(groups), idle_timeout=30.0)
         bridge.send_end(report.n_sent)
-    thread.join(timeout=60)
+    server.wait(timeout=60)
     writer.join(timeout=60)
     table = next((work / "out").glob("*_desc-feedback_timeseries.tsv"))
     with table.open(newline="") as handle:
