@@ -164,7 +164,7 @@ class SeriesAssembler:
             if pending is not None and pending.t_whole is not None:
                 if self._released == 0 and now - pending.t_whole < self.first_hold:
                     return ready  # an earlier volume may still turn up
-                ready.append(self._release(self.next_key))
+                ready += self._release(self.next_key)
                 continue
             later = [p.t_whole for k, p in self._pending.items()
                      if k > self.next_key and p.t_whole is not None]
@@ -180,15 +180,10 @@ class SeriesAssembler:
             pending = self._pending.get(self.next_key)
             if pending is not None and (pending.t_whole is not None
                                         or self._is_whole(self.next_key, pending, final=True)):
-                ready.append(self._release(self.next_key))
+                ready += self._release(self.next_key)
             else:
                 self._report_missing(self.next_key, pending)
         return ready
-
-    @property
-    def index_of_next(self) -> int:
-        """0-based index the next released volume will have."""
-        return 0 if self.next_key is None else self.next_key - self.start_key
 
     def _missing_after(self) -> float:
         if self.missing_after is not None:
@@ -207,18 +202,25 @@ class SeriesAssembler:
         have = {round(s, 2) for s in pieces}
         return started_later and have >= self._positions
 
-    def _release(self, key: int) -> AssembledVolume:
-        pending = self._pending.pop(key)
+    def _release(self, key: int) -> list[AssembledVolume]:
+        """The whole volume ``key`` (none, reported missing, if its pieces do not fit)."""
+        pending = self._pending[key]
         pieces = list(pending.pieces.values())
-        data, affine = assemble(pieces)
+        try:
+            data, affine = assemble(pieces)
+        except InputError as exc:
+            log.warning("volume %d cannot be assembled: %s", key - self.start_key, exc)
+            self._report_missing(key, pending)
+            return []
+        del self._pending[key]
         if self.n_slices is None and pieces[0].slice_key is not None:
             self.n_slices = len(pieces)
         self.next_key = key + 1
         self._released += 1
         first = pieces[0]
-        return AssembledVolume(key=key, data=data, affine=affine, tr=self.tr or first.tr,
-                               t_file_complete=pending.t_complete, n_files=pending.n_files,
-                               kind=first.kind, series_number=first.series_number)
+        return [AssembledVolume(key=key, data=data, affine=affine, tr=self.tr or first.tr,
+                                t_file_complete=pending.t_complete, n_files=pending.n_files,
+                                kind=first.kind, series_number=first.series_number)]
 
     def _report_missing(self, key: int, pending: _Pending | None) -> None:
         index = key - self.start_key

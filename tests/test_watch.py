@@ -93,6 +93,16 @@ def test_assembler_holds_the_first_volume_for_an_earlier_one():
     assert [v.key for v in assembler.pop_ready(0.5)] == [1, 2]
 
 
+def test_assembler_reports_a_volume_whose_slices_do_not_fit_and_goes_on():
+    assembler = SeriesAssembler(n_slices=3)
+    for position in (0.0, 3.0, 9.0):  # a gap: slices not evenly spaced
+        assembler.add(piece(1, position), 0.0)
+    for position in (0.0, 3.0, 6.0):
+        assembler.add(piece(2, position), 0.0)
+    assert [v.key for v in assembler.pop_ready(0.0)] == [2]
+    assert assembler.missing == [0]
+
+
 def test_assembler_refuses_other_series_and_repeats():
     assembler = SeriesAssembler()
     assembler.add(piece(1), 0.0)
