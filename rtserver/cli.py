@@ -183,11 +183,10 @@ def _add_output_endpoints(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_pacing(parser: argparse.ArgumentParser, default_asap: bool = False) -> None:
-    pacing = parser.add_mutually_exclusive_group()
-    pacing.add_argument("--tr", type=float, metavar="S",
+    parser.add_argument("--tr", type=float, metavar="S",
                         help="the TR in seconds, for files that state none or a wrong one; "
-                        "a replay sends one volume every S seconds (with --watch volumes go "
-                        "as they come)")
+                        "a replay is paced at it (with --watch volumes go as they come)")
+    pacing = parser.add_mutually_exclusive_group()
     pacing.add_argument("--speed", type=float, metavar="X",
                         help="send X times faster than the acquisition TR")
     pacing.add_argument("--asap", action="store_true", default=default_asap,
@@ -209,13 +208,18 @@ def _config_from(args: argparse.Namespace):
     )
 
 
+def _check_tr(args: argparse.Namespace) -> None:
+    if args.tr is not None and not args.tr > 0:
+        raise InputError(f"--tr should be > 0 seconds. Got {args.tr}.")
+
+
 def _interval(args: argparse.Namespace, tr: float) -> float | None:
+    """Seconds between volumes of a replay (``None``: as fast as possible).
+
+    ``tr`` is the source's TR, which already is ``--tr`` when that was given.
+    """
     if args.asap:
         return None
-    if args.tr is not None:
-        if args.tr <= 0:
-            raise InputError(f"--tr should be > 0 seconds. Got {args.tr}.")
-        return args.tr
     if args.speed is not None:
         if args.speed <= 0:
             raise InputError(f"--speed should be > 0. Got {args.speed}.")
@@ -256,6 +260,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     for option in ("poll", "series", "n_volumes"):
         if getattr(args, option) is not None:
             raise InputError(f"--{option.replace('_', '-')} needs --watch.")
+    _check_tr(args)
     source = open_source(args.source, tr=args.tr, file_format=args.format, n_slices=args.slices)
     interval = _interval(args, source.tr)
     log.info("sending %d volumes of %s (%s) to %s, %s", source.n_volumes, source.path,
@@ -281,8 +286,7 @@ def _send_watched(args: argparse.Namespace) -> int:
     if args.speed is not None or args.asap:
         raise InputError("--speed and --asap pace a replay; with --watch volumes go as the "
                          "scanner writes them.")
-    if args.tr is not None and args.tr <= 0:
-        raise InputError(f"--tr should be > 0 seconds. Got {args.tr}.")
+    _check_tr(args)
     if args.poll is not None and args.poll <= 0:
         raise InputError(f"--poll should be > 0 seconds. Got {args.poll}.")
     stop = threading.Event()
@@ -320,7 +324,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rtserver.server import Server
     from rtserver.sources import open_source
 
-    source = open_source(args.source)
+    _check_tr(args)
+    source = open_source(args.source, tr=args.tr)
     entities = output_prefix_from_source(Path(source.path)) or {}
     for key, value in entities.items():
         if getattr(args, key, None) is None:

@@ -124,7 +124,8 @@ class SeriesAssembler:
                     f"series {piece.series_number}, not the series {self.series_number} asked "
                     "for (--series)")
             self.series = piece.series
-            log.info("following series %s (%s)", piece.series_number, piece.kind)
+            log.info("following series %s(%s)", "" if piece.series_number is None
+                     else f"{piece.series_number} ", piece.kind)
         elif piece.series != self.series:
             raise ForeignFileError(f"another series (number {piece.series_number}) than the "
                                    "one being followed")
