@@ -21,8 +21,7 @@ truth behind them under ``derivatives/simulator/``:
    volume ``k`` is the reference image resampled so that ``V_k(M_k @ x) = reference(x)``
    (:mod:`rtserver.rigid`'s convention). Volume 0 does not move.
 5. **Scanner.** A slow multiplicative drift (linear plus half-cosine), AR(1) physiological
-   noise and respiratory- and cardiac-like sinusoids (aliased at the TR) proportional to
-   the signal, and white thermal noise taken into the magnitude
+   noise proportional to the signal, and white thermal noise taken into the magnitude
    (Rician) domain; together they give the requested temporal SNR at the median brain
    intensity. Values are stored as int16, like a scanner's.
 
@@ -137,17 +136,8 @@ PATTERN_WAVES = 24
 DEFAULT_TSNR = 60.0
 #: Lag-1 autocorrelation of the physiological noise.
 DEFAULT_AR_RHO = 0.3
-#: Share of the noise variance that is physiological (AR(1)); the rest is thermal (white),
-#: respiratory and cardiac (at the median brain intensity).
-PHYSIOLOGICAL_VARIANCE_FRACTION = 0.4
-#: Shares of the noise variance that are respiratory- and cardiac-like fluctuations: a
-#: sinusoid at a breathing / heart rate drawn per run (Hz), sampled at the volume onsets
-#: (so aliased, as in a real EPI run), proportional to the signal; the cardiac one is
-#: stronger in bright (CSF, vessel-rich) voxels: its weight is (intensity / median)**3.
-RESPIRATORY_VARIANCE_FRACTION = 0.1
-CARDIAC_VARIANCE_FRACTION = 0.1
-RESPIRATORY_RATE_HZ = (0.2, 0.33)
-CARDIAC_RATE_HZ = (0.9, 1.3)
+#: Share of the noise variance that is physiological (AR(1)); the rest is thermal (white).
+PHYSIOLOGICAL_VARIANCE_FRACTION = 0.5
 #: Largest slow drift of each translation (mm) and rotation (degrees); each run draws its own.
 MOTION_DRIFT_MAX = (0.5, 0.5)
 #: Translation size of a motion spike (mm) and of its rotation (degrees), drawn uniformly.
@@ -763,7 +753,7 @@ def _simulate_run(root: Path, subject: str, group: str, seed: int, run: int,
     params, spikes = motion_trajectory(n_volumes, rng, motion_scale)
     centre = grid_centre(phantom.shape, phantom.affine)
     drift = _Drift.draw(n_volumes, rng)
-    noise = _NoiseModel(phantom, DEFAULT_TSNR, DEFAULT_AR_RHO, paradigm.tr, rng)
+    noise = _NoiseModel(phantom, DEFAULT_TSNR, DEFAULT_AR_RHO, rng)
     renderer = _Renderer(phantom, regressors, activation, params, centre)
 
     # Moving the head (spline resampling) is the costly part and draws no random numbers,
@@ -906,49 +896,27 @@ class _Drift:
 
 
 class _NoiseModel:
-    """AR(1) physiological noise, respiratory- and cardiac-like sinusoids (all proportional
-    to the signal) plus Rician thermal noise.
+    """AR(1) physiological noise proportional to the signal plus Rician thermal noise.
 
-    At the median brain intensity they together give a temporal SNR of ``tsnr``.
+    At the median brain intensity the two together give a temporal SNR of ``tsnr``.
     """
 
-    def __init__(self, phantom: Phantom, tsnr: float, rho: float, tr: float,
+    def __init__(self, phantom: Phantom, tsnr: float, rho: float,
                  rng: np.random.Generator) -> None:
         self.tsnr = tsnr
         self.rho = rho
-        self.tr = tr
         self.rng = rng
         self.reference_intensity = float(np.median(phantom.baseline[phantom.brain_mask]))
         total_sd = self.reference_intensity / tsnr
-        thermal_share = 1.0 - (PHYSIOLOGICAL_VARIANCE_FRACTION + RESPIRATORY_VARIANCE_FRACTION
-                               + CARDIAC_VARIANCE_FRACTION)
-        self.thermal_sd = total_sd * math.sqrt(thermal_share)
-        # Physiological standard deviations as fractions of the local signal.
-        relative_sd = total_sd / self.reference_intensity
-        self.physiological_fraction = relative_sd * math.sqrt(PHYSIOLOGICAL_VARIANCE_FRACTION)
-        self.rhythms = {
-            "respiratory": (float(rng.uniform(*RESPIRATORY_RATE_HZ)),
-                            float(rng.uniform(0.0, 2.0 * np.pi)),
-                            relative_sd * math.sqrt(2.0 * RESPIRATORY_VARIANCE_FRACTION)),
-            "cardiac": (float(rng.uniform(*CARDIAC_RATE_HZ)),
-                        float(rng.uniform(0.0, 2.0 * np.pi)),
-                        relative_sd * math.sqrt(2.0 * CARDIAC_VARIANCE_FRACTION)),
-        }
-        self.cardiac_weight = (phantom.baseline / self.reference_intensity) ** 3
+        self.thermal_sd = total_sd * math.sqrt(1.0 - PHYSIOLOGICAL_VARIANCE_FRACTION)
+        # Physiological standard deviation as a fraction of the local signal.
+        self.physiological_fraction = (total_sd / self.reference_intensity
+                                       * math.sqrt(PHYSIOLOGICAL_VARIANCE_FRACTION))
         self._state: np.ndarray | None = None
-        self._volume = 0
-
-    def rhythm(self, name: str, k: int) -> float:
-        """The respiratory or cardiac fluctuation at volume ``k`` (fraction of the signal)."""
-        frequency, phase, amplitude = self.rhythms[name]
-        return amplitude * math.sin(2.0 * math.pi * frequency * k * self.tr + phase)
 
     def add(self, image: np.ndarray) -> np.ndarray:
         """The next volume of the run: ``image`` (noise-free) with noise, float32."""
         shape = image.shape
-        k, self._volume = self._volume, self._volume + 1
-        image = image * (1.0 + self.rhythm("respiratory", k)
-                         + self.rhythm("cardiac", k) * self.cardiac_weight)
         innovation = self.rng.standard_normal(shape, dtype=np.float32)
         if self._state is None:
             self._state = innovation
@@ -1138,15 +1106,6 @@ def _truth(root: Path, paths: dict[str, Path], subject: str, group: str, seed: i
             "thermal_sd": round(noise.thermal_sd, 4),
             "physiological_sd_fraction": round(noise.physiological_fraction, 6),
             "physiological_variance_fraction": PHYSIOLOGICAL_VARIANCE_FRACTION,
-            **{name: {"frequency_hz": round(frequency, 9), "phase_rad": round(phase, 9),
-                      "amplitude_fraction": round(amplitude, 9),
-                      "variance_fraction": (RESPIRATORY_VARIANCE_FRACTION
-                                            if name == "respiratory"
-                                            else CARDIAC_VARIANCE_FRACTION),
-                      "model": "signal * (1 + amplitude * sin(2 pi f index TR + phase)"
-                               + (" * (intensity / reference_intensity)**3)"
-                                  if name == "cardiac" else ")")}
-               for name, (frequency, phase, amplitude) in noise.rhythms.items()},
         },
         "drift_percent": {
             "model": "signal * (1 + (linear * u + cosine * cos(pi * u)) / 100), "
