@@ -98,7 +98,7 @@ ROI_DEFINITIONS = MappingProxyType({
 #: to every cue alike in both groups.
 CUE_REACTIVE_ROIS = ("nacc", "ventral_caudate", "vmpfc_ofc", "ifg_dlpfc")
 #: A grid holding fewer voxels of an ROI than this is refused.
-MIN_ROI_VOXELS = 10
+MIN_ROI_VOXELS = 3
 
 #: Group mean percent signal change per BIDS ``trial_type`` in the cue-reactive ROIs
 #: (:data:`CUE_REACTIVE_ROIS`), per group. Patients respond more to drug cues than to food
