@@ -52,7 +52,7 @@ def main() -> None:
         config = Config().with_overrides(
             network={"volumes": "tcp://127.0.0.1:*", "feedback": "tcp://127.0.0.1:*",
                      "results": "tcp://127.0.0.1:*"},
-            roi={"mask": str(run.rois), "target": "ventral_striatum"},
+            roi={"mask": str(run.rois), "target": "nacc"},
             feedback={"paradigm": "regulation"},
         )
         source = open_source(run.bold)

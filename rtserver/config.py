@@ -28,7 +28,7 @@ A config file is TOML with optional tables; anything left out keeps its default:
 
     [roi]
     mask = "path/to/space-EPI_desc-rois_dseg.nii.gz"  # labels in EPI space + .tsv of names
-    target = "ventral_striatum"
+    target = "nacc"
 
     [feedback]
     paradigm = "regulation"  # baseline volumes are the fixation blocks

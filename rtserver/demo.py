@@ -73,7 +73,7 @@ def run_demo(out: Path, speed: float = 8.0, display: bool = True, timeout: float
         _script("rtserver"), "serve", "--out", str(output), "--volumes", volumes,
         "--feedback", feedback, "--results", results, "--paradigm", TASK,
         "--subject", SUBJECT, "--task", TASK, "--run", "1",
-        "--roi", str(run.rois), "--target", "ventral_striatum",
+        "--roi", str(run.rois), "--target", "nacc",
         "--wait-display", "60" if display else "0",
     ]
     display_cmd = [

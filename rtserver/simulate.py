@@ -7,12 +7,16 @@ truth behind them under ``derivatives/simulator/``:
    (trilinear) onto an EPI grid centred on the template's brain, and its intensities are
    remapped to an EPI-like (T2*-weighted) contrast: CSF brightest, grey matter brighter than
    white matter, about 1000 in brain, 0 outside.
-2. **Regions of interest.** The Tian S2 subcortex atlas, resampled to the same grid
-   (nearest neighbour), gives ``ventral_striatum`` (nucleus accumbens shell and core plus
-   anterior caudate, both hemispheres).
-3. **Activation.** Each block's condition (``look_drug``, ``look_food``, ...) has an
-   amplitude in percent signal change that depends on the group (:data:`GROUP_AMPLITUDES`);
-   block boxcars convolved with the canonical double-gamma HRF scale the ROI's baseline.
+2. **Regions of interest.** The Schaefer-200 + Tian S2 atlas, resampled to the same grid
+   (nearest neighbour), gives the cortico-striatal ROIs of :data:`ROI_DEFINITIONS`
+   (``nacc``, ``ventral_caudate``, ``dorsal_caudate``, ``putamen``, ``vmpfc_ofc``, ``acc``,
+   ``ifg_dlpfc``), its regions looked up by name in the atlas's label file.
+3. **Activation.** Each block's condition (``look_drug``, ``look_food``, ...) has, per ROI,
+   an amplitude in percent signal change drawn per subject around its group's mean
+   (:data:`GROUP_AMPLITUDES`, :data:`OTHER_ROI_AMPLITUDES`, sd
+   :data:`SUBJECT_SD_PERCENT`), spread over the ROI's voxels by a smooth pattern of its
+   own (:class:`Activation`); block boxcars convolved with the canonical double-gamma HRF
+   scale the baseline.
 4. **Motion.** A rigid trajectory (slow drift plus one or two spikes) moves the head;
    volume ``k`` is the reference image resampled so that ``V_k(M_k @ x) = reference(x)``
    (:mod:`rtserver.rigid`'s convention). Volume 0 does not move.
@@ -63,29 +67,47 @@ logger = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TEMPLATE_FILE = DATA_DIR / "mni152" / "MNI152_T1_3mm.nii.gz"
 TEMPLATE_MASK_FILE = DATA_DIR / "mni152" / "MNI152_T1_3mm_brain_mask.nii.gz"
-ATLAS_FILE = DATA_DIR / "tian_subcortex" / "Tian_Subcortex_S2_3T.nii.gz"
-ATLAS_LABEL_FILE = DATA_DIR / "tian_subcortex" / "Tian_Subcortex_S2_3T_label.txt"
+ATLAS_DIR = DATA_DIR / "schaefer200_tian_s2"
+ATLAS_FILE = ATLAS_DIR / ("Schaefer2018_200Parcels_7Networks_order_Tian_Subcortex_S2_"
+                          "MNI152NLin6Asym_2mm.nii.gz")
+ATLAS_LABEL_FILE = ATLAS_DIR / "Schaefer2018_200Parcels_7Networks_order_Tian_Subcortex_S2_label.txt"
 
 GROUPS = ("patient", "control")
 BIDS_VERSION = "1.9.0"
 SIMULATOR_NAME = "rtserver simulate"
 
-#: ROIs of the label image: index in the ``dseg`` image -> (name, Tian S2 region names).
-#: The regions are looked up by name in the atlas's label file (index = line number).
+#: ROIs of the label image: index in the ``dseg`` image -> (name, atlas region patterns).
+#: Each pattern is a region name of the Schaefer-200 + Tian S2 label file, or a prefix
+#: ending in ``*``; both hemispheres are listed. Regions are looked up by name in the label
+#: file, never by number. Tian S2 divides the caudate into anterior (head, adjoining the
+#: nucleus accumbens) and posterior (body) parts, which stand in for the ventral and
+#: dorsal caudate.
 ROI_DEFINITIONS = MappingProxyType({
-    1: ("ventral_striatum", ("NAc-shell-rh", "NAc-core-rh", "aCAU-rh",
-                             "NAc-shell-lh", "NAc-core-lh", "aCAU-lh")),
+    1: ("nacc", ("NAc-shell-rh", "NAc-core-rh", "NAc-shell-lh", "NAc-core-lh")),
+    2: ("ventral_caudate", ("aCAU-rh", "aCAU-lh")),
+    3: ("dorsal_caudate", ("pCAU-rh", "pCAU-lh")),
+    4: ("putamen", ("aPUT-rh", "pPUT-rh", "aPUT-lh", "pPUT-lh")),
+    5: ("vmpfc_ofc", ("7Networks_LH_Limbic_OFC_*", "7Networks_RH_Limbic_OFC_*",
+                      "7Networks_RH_Default_PFCv_*")),
+    6: ("acc", ("7Networks_LH_SalVentAttn_Med_*", "7Networks_RH_SalVentAttn_Med_*")),
+    7: ("ifg_dlpfc", ("7Networks_LH_SalVentAttn_FrOperIns_*",
+                      "7Networks_RH_SalVentAttn_FrOperIns_*",
+                      "7Networks_LH_Cont_PFCl_*", "7Networks_RH_Cont_PFCl_*")),
 })
+#: ROIs whose drug and food responses follow the group (the finding); the others respond
+#: to every cue alike in both groups.
+CUE_REACTIVE_ROIS = ("nacc", "ventral_caudate", "vmpfc_ofc", "ifg_dlpfc")
 #: A grid holding fewer voxels of an ROI than this is refused.
-MIN_ROI_VOXELS = 10
+MIN_ROI_VOXELS = 3
 
-#: Percent signal change in the ROIs per BIDS ``trial_type``, per group. Patients respond
-#: more to drug cues than to food cues, controls the other way round; reappraising drug
-#: cues lowers the drug response, savoring food cues raises the food response.
-#: Trial types not listed (and fixation) have no response.
+#: Group mean percent signal change per BIDS ``trial_type`` in the cue-reactive ROIs
+#: (:data:`CUE_REACTIVE_ROIS`), per group. Patients respond more to drug cues than to food
+#: cues and more while reappraising drug cues than while savoring food cues; controls the
+#: other way round. Reappraising lowers the drug response, savoring raises the food
+#: response. Trial types not listed (and fixation) have no response.
 GROUP_AMPLITUDES = MappingProxyType({
     "patient": MappingProxyType({
-        "look_drug": 1.6, "reappraise_drug": 1.0, "look_food": 0.8, "savor_food": 1.2,
+        "look_drug": 1.6, "reappraise_drug": 1.3, "look_food": 0.8, "savor_food": 1.0,
         "look_neutral": 0.5,
     }),
     "control": MappingProxyType({
@@ -93,6 +115,22 @@ GROUP_AMPLITUDES = MappingProxyType({
         "look_neutral": 0.5,
     }),
 })
+#: Group mean percent signal change in the other ROIs, the same in both groups.
+OTHER_ROI_AMPLITUDES = MappingProxyType({
+    "look_drug": 0.8, "reappraise_drug": 0.7, "look_food": 0.8, "savor_food": 0.9,
+    "look_neutral": 0.5,
+})
+#: Subject-to-subject standard deviation of each ROI's amplitude (percent signal change).
+SUBJECT_SD_PERCENT = 0.15
+#: Amplitudes are clipped to this range after the subject's draw.
+AMPLITUDE_RANGE_PERCENT = (0.2, 2.5)
+#: Voxel pattern inside each ROI: voxel amplitude = ROI amplitude * (1 + sd * z(x)), with z
+#: a smooth random field of mean 0 and sd 1 over the ROI's voxels, half shared by all
+#: conditions and half the condition's own (which multivoxel decoders can use).
+PATTERN_SD = 0.5
+#: Wavelengths (mm) and number of the random plane waves that make a pattern field.
+PATTERN_WAVELENGTH_MM = (7.0, 16.0)
+PATTERN_WAVES = 24
 
 #: Temporal SNR at the median brain intensity (thermal and physiological noise together).
 DEFAULT_TSNR = 60.0
@@ -256,10 +294,12 @@ def simulate_subject(out_dir: str | Path, subject: str, group: str, seed: int, *
 
     phantom = build_phantom(shape, voxel_size)
     _write_dataset_files(root, subject, group)
-    seeds = np.random.SeedSequence([seed, *subject.encode("ascii")]).spawn(n_runs)
+    subject_seeds, *seeds = np.random.SeedSequence(
+        [seed, *subject.encode("ascii")]).spawn(n_runs + 1)
+    activation = Activation.draw(group, np.random.default_rng(subject_seeds))
     runs = tuple(
-        _simulate_run(root, subject, group, seed, run, paradigm, phantom, motion_scale,
-                      np.random.default_rng(seeds[run - 1]), progress)
+        _simulate_run(root, subject, group, seed, run, paradigm, phantom, activation,
+                      motion_scale, np.random.default_rng(seeds[run - 1]), progress)
         for run in range(1, n_runs + 1)
     )
     return SimulatedSubject(root=root, subject=subject, group=group, seed=seed,
@@ -571,33 +611,150 @@ def _roi_labels(shape: tuple[int, int, int],
                 affine: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
     atlas_img = nib.load(ATLAS_FILE)
     atlas = np.rint(np.asarray(atlas_img.dataobj, dtype=np.float64)).astype(np.int16)
-    names = ATLAS_LABEL_FILE.read_text(encoding="utf-8").split()
-    atlas_index = {name: number for number, name in enumerate(names, start=1)}
+    atlas_index = atlas_labels()
     to_atlas = np.linalg.inv(atlas_img.affine) @ affine
     resampled = _resample(atlas, to_atlas, shape, order=0)
     labels = np.zeros(shape, dtype=np.int16)
     roi_names = {}
-    for index, (name, regions) in ROI_DEFINITIONS.items():
-        missing = [region for region in regions if region not in atlas_index]
-        if missing:
-            raise InputError(f"Atlas label file {ATLAS_LABEL_FILE} lacks regions {missing}.")
+    for index, (name, patterns) in ROI_DEFINITIONS.items():
+        regions = _matching_regions(patterns, atlas_index)
         labels[np.isin(resampled, [atlas_index[region] for region in regions])] = index
         roi_names[index] = name
     return labels, roi_names
 
 
+@functools.cache
+def atlas_labels() -> Mapping[str, int]:
+    """Region name -> index in the atlas image, read from the atlas's label file.
+
+    The file alternates a name line and an ``index R G B A`` line.
+
+    Raises
+    ------
+    InputError
+        If the file does not follow that layout.
+    """
+    lines = [line.strip() for line in ATLAS_LABEL_FILE.read_text(encoding="utf-8").splitlines()
+             if line.strip()]
+    index: dict[str, int] = {}
+    for name, numbers in zip(lines[::2], lines[1::2], strict=True):
+        fields = numbers.split()
+        if len(fields) != 5 or not fields[0].isdigit():
+            raise InputError(f"{ATLAS_LABEL_FILE}: expected 'index R G B A' after {name!r}. "
+                             f"Got {numbers!r}.")
+        index[name] = int(fields[0])
+    return MappingProxyType(index)
+
+
+def _matching_regions(patterns: Sequence[str], atlas_index: Mapping[str, int]) -> list[str]:
+    regions = []
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            found = [name for name in atlas_index if name.startswith(pattern[:-1])]
+        else:
+            found = [pattern] if pattern in atlas_index else []
+        if not found:
+            raise InputError(f"Atlas label file {ATLAS_LABEL_FILE} has no region {pattern!r}.")
+        regions += found
+    return regions
+
+
+# ---------------------------------------------------------------------------- activation
+@dataclass(frozen=True)
+class Activation:
+    """One subject's planted responses: per-ROI amplitudes and voxel patterns.
+
+    Attributes
+    ----------
+    amplitudes : Mapping
+        ROI name -> ``trial_type`` -> mean percent signal change over the ROI's voxels.
+    waves : Mapping
+        ROI name -> ``"shared"`` or ``trial_type`` -> ``(PATTERN_WAVES, 4)`` array of plane
+        waves (frequency vector in cycles/mm, phase in radians) whose sum is a pattern
+        field. Fields are functions of world coordinates, so every grid sees the same one.
+    """
+
+    amplitudes: Mapping[str, Mapping[str, float]]
+    waves: Mapping[str, Mapping[str, np.ndarray]]
+
+    @classmethod
+    def draw(cls, group: str, rng: np.random.Generator) -> Activation:
+        """Draw a subject of ``group``: group means plus subject variability, patterns."""
+        trial_types = sorted(GROUP_AMPLITUDES[group])
+        amplitudes: dict[str, Mapping[str, float]] = {}
+        waves: dict[str, Mapping[str, np.ndarray]] = {}
+        for name, _ in ROI_DEFINITIONS.values():
+            means = group_amplitudes(group, name)
+            spread = SUBJECT_SD_PERCENT * rng.standard_normal(len(trial_types))
+            draws = np.clip([means[t] for t in trial_types] + spread,
+                            *AMPLITUDE_RANGE_PERCENT)
+            amplitudes[name] = MappingProxyType(
+                {t: float(a) for t, a in zip(trial_types, draws, strict=True)})
+            waves[name] = MappingProxyType(
+                {key: _plane_waves(rng) for key in ("shared", *trial_types)})
+        return cls(MappingProxyType(amplitudes), MappingProxyType(waves))
+
+    def maps(self, phantom: Phantom, reference: Phantom | None = None) -> dict[str, np.ndarray]:
+        """Per ``trial_type``, the percent signal change of every voxel of ``phantom``.
+
+        Each ROI's pattern is normalised (mean 0, sd 1) over the ROI's voxels in
+        ``reference`` (default ``phantom``), so that there the ROI's mean response is
+        exactly its amplitude; a padded grid passes the unpadded phantom.
+        """
+        reference = phantom if reference is None else reference
+        trial_types = sorted({t for table in self.amplitudes.values() for t in table})
+        maps = {t: np.zeros(phantom.shape) for t in trial_types}
+        for index, name in phantom.roi_names.items():
+            inside = phantom.labels == index
+            points = _world_points(phantom, inside)
+            reference_points = _world_points(reference, reference.labels == index)
+            shared = _field(self.waves[name]["shared"], points)
+            reference_shared = _field(self.waves[name]["shared"], reference_points)
+            for trial_type, amplitude in self.amplitudes[name].items():
+                own = self.waves[name][trial_type]
+                field = shared + _field(own, points)
+                reference_field = reference_shared + _field(own, reference_points)
+                z = (field - reference_field.mean()) / reference_field.std()
+                maps[trial_type][inside] = amplitude * (1.0 + PATTERN_SD * z)
+        return maps
+
+
+def group_amplitudes(group: str, roi: str) -> Mapping[str, float]:
+    """Group mean percent signal change per ``trial_type`` in ``roi``."""
+    return GROUP_AMPLITUDES[group] if roi in CUE_REACTIVE_ROIS else OTHER_ROI_AMPLITUDES
+
+
+def _plane_waves(rng: np.random.Generator) -> np.ndarray:
+    directions = rng.standard_normal((PATTERN_WAVES, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    frequencies = 1.0 / rng.uniform(*PATTERN_WAVELENGTH_MM, size=(PATTERN_WAVES, 1))
+    phases = rng.uniform(0.0, 2.0 * np.pi, size=(PATTERN_WAVES, 1))
+    return np.hstack([directions * frequencies, phases])
+
+
+def _field(waves: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Sum of the plane waves at world ``points`` (n, 3)."""
+    return np.cos(2.0 * np.pi * points @ waves[:, :3].T + waves[:, 3]).sum(axis=1)
+
+
+def _world_points(phantom: Phantom, inside: np.ndarray) -> np.ndarray:
+    ijk = np.argwhere(inside).astype(np.float64)
+    return ijk @ phantom.affine[:3, :3].T + phantom.affine[:3, 3]
+
+
 # ---------------------------------------------------------------------------- one run
 def _simulate_run(root: Path, subject: str, group: str, seed: int, run: int,
-                  paradigm: Paradigm, phantom: Phantom, motion_scale: float,
-                  rng: np.random.Generator, progress: bool) -> SimulatedRun:
+                  paradigm: Paradigm, phantom: Phantom, activation: Activation,
+                  motion_scale: float, rng: np.random.Generator,
+                  progress: bool) -> SimulatedRun:
     n_volumes = paradigm.n_volumes
     regressors = condition_regressors(paradigm)
-    amplitudes = _amplitudes(group, regressors)
+    _log_unplanted(regressors, activation)
     params, spikes = motion_trajectory(n_volumes, rng, motion_scale)
     centre = grid_centre(phantom.shape, phantom.affine)
     drift = _Drift.draw(n_volumes, rng)
     noise = _NoiseModel(phantom, DEFAULT_TSNR, DEFAULT_AR_RHO, rng)
-    renderer = _Renderer(phantom, regressors, amplitudes, params, centre)
+    renderer = _Renderer(phantom, regressors, activation, params, centre)
 
     # Moving the head (spline resampling) is the costly part and draws no random numbers,
     # so worker threads do it; noise is added in volume order, which keeps runs
@@ -622,7 +779,8 @@ def _simulate_run(root: Path, subject: str, group: str, seed: int, run: int,
     _write_tsv(paths["rois_tsv"], ["index", "name"],
                [[str(i), name] for i, name in phantom.roi_names.items()])
     _write_motion(paths["true_motion"], params)
-    truth = _truth(root, paths, subject, group, seed, run, paradigm, phantom, amplitudes,
+    truth = _truth(root, paths, subject, group, seed, run, paradigm, phantom, activation,
+                   regressors,
                    params, spikes, centre, drift, noise, motion_scale)
     _write_json(paths["truth"], truth)
     return SimulatedRun(run=run, spike_volumes=spikes, **paths)
@@ -639,19 +797,21 @@ class _Renderer:
     """
 
     def __init__(self, phantom: Phantom, regressors: dict[str, np.ndarray],
-                 amplitudes: dict[str, float], params: np.ndarray,
+                 activation: Activation, params: np.ndarray,
                  centre: np.ndarray) -> None:
         self.phantom = phantom
-        self.regressors = regressors
+        self.regressors = {c: r for c, r in regressors.items()
+                           if any(c in table for table in activation.amplitudes.values())}
         self.params = params
         self.centre = centre
-        self.responses = _responses(phantom, amplitudes)
+        self.responses = _responses(phantom, activation.maps(phantom), self.regressors)
         voxel_size = float(phantom.affine[0, 0])
         self.pad = 4 + math.ceil(_largest_displacement(params, centre, phantom) / voxel_size)
         padded = _padded_phantom(phantom.shape, voxel_size, self.pad)
         self.baseline_coefficients = _spline(padded.baseline)
-        self.coefficients = {c: _spline(image)
-                             for c, image in _responses(padded, amplitudes).items()}
+        padded_maps = activation.maps(padded, reference=phantom)
+        self.coefficients = {c: _spline(image) for c, image in
+                             _responses(padded, padded_maps, self.regressors).items()}
         support = np.argwhere(padded.baseline > 0) - self.pad  # field-of-view voxels
         self.support = (support.min(axis=0), support.max(axis=0))
 
@@ -682,10 +842,10 @@ class _Renderer:
         return image
 
 
-def _responses(phantom: Phantom, amplitudes: dict[str, float]) -> dict[str, np.ndarray]:
+def _responses(phantom: Phantom, maps: dict[str, np.ndarray],
+               conditions: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per condition, the image added per unit of its regressor (ROI voxels only)."""
-    in_roi = phantom.labels > 0
-    return {c: phantom.baseline * in_roi * (a / 100.0) for c, a in amplitudes.items()}
+    return {c: phantom.baseline * (maps[c] / 100.0) for c in conditions}
 
 
 def _largest_displacement(params: np.ndarray, centre: np.ndarray, phantom: Phantom) -> float:
@@ -712,12 +872,11 @@ def _moved_box(low: np.ndarray, high: np.ndarray, mapping: np.ndarray,
     return start, stop
 
 
-def _amplitudes(group: str, regressors: dict[str, np.ndarray]) -> dict[str, float]:
-    table = GROUP_AMPLITUDES[group]
-    unknown = sorted(set(regressors) - set(table))
+def _log_unplanted(regressors: dict[str, np.ndarray], activation: Activation) -> None:
+    planted = {t for table in activation.amplitudes.values() for t in table}
+    unknown = sorted(set(regressors) - planted)
     if unknown:
         logger.info("Trial types %s have no planted response (amplitude 0).", unknown)
-    return {trial_type: float(table.get(trial_type, 0.0)) for trial_type in regressors}
 
 
 @dataclass(frozen=True)
@@ -895,7 +1054,8 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, *,
 
 
 def _truth(root: Path, paths: dict[str, Path], subject: str, group: str, seed: int,
-           run: int, paradigm: Paradigm, phantom: Phantom, amplitudes: dict[str, float],
+           run: int, paradigm: Paradigm, phantom: Phantom, activation: Activation,
+           regressors: dict[str, np.ndarray],
            params: np.ndarray, spikes: tuple[int, ...], centre: np.ndarray,
            drift: _Drift, noise: _NoiseModel, motion_scale: float) -> dict:
     relative = {key: path.relative_to(root).as_posix() for key, path in paths.items()}
@@ -918,11 +1078,23 @@ def _truth(root: Path, paths: dict[str, Path], subject: str, group: str, seed: i
             "file": relative["rois"],
             "labels": {str(i): name for i, name in phantom.roi_names.items()},
             "n_voxels": roi_voxels,
-            "atlas": "Tian S2 3T (MNI152NLin6Asym 2 mm), nearest neighbour",
-            "atlas_regions": {ROI_DEFINITIONS[i][0]: list(ROI_DEFINITIONS[i][1])
-                              for i in phantom.roi_names},
+            "atlas": "Schaefer 2018 200 parcels 7 networks + Tian S2 3T "
+                     "(MNI152NLin6Asym 2 mm), nearest neighbour",
+            "atlas_regions": {ROI_DEFINITIONS[i][0]: _matching_regions(
+                ROI_DEFINITIONS[i][1], atlas_labels()) for i in phantom.roi_names},
         },
-        "amplitudes_percent": {name: amplitudes for name in phantom.roi_names.values()},
+        "amplitudes_percent": {
+            name: {t: a for t, a in activation.amplitudes[name].items() if t in regressors}
+            for name in phantom.roi_names.values()},
+        "group_amplitudes_percent": {
+            name: {t: a for t, a in group_amplitudes(group, name).items() if t in regressors}
+            for name in phantom.roi_names.values()},
+        "subject_sd_percent": SUBJECT_SD_PERCENT,
+        "voxel_pattern": {
+            "model": "voxel amplitude = ROI amplitude * (1 + sd * z), z = sum of plane "
+                     "waves (shared + condition's own), mean 0 and sd 1 over the ROI",
+            "sd": PATTERN_SD, "wavelength_mm": list(PATTERN_WAVELENGTH_MM),
+            "n_waves": PATTERN_WAVES},
         "hrf": {"model": "double gamma (SPM canonical)", "peak_shape": 6.0,
                 "undershoot_shape": 16.0, "undershoot_ratio": 1.0 / 6.0,
                 "normalisation": "kernel sums to 1 (block plateau = amplitude)",

@@ -38,7 +38,7 @@ def test_demo_runs_and_feedback_follows_the_planted_signal(tmp_path, processes):
 
     truth = json.loads((out / "bids" / "derivatives" / "simulator" / "sub-01" / "func"
                         / f"{prefix}_desc-truth.json").read_text())
-    amplitudes = truth["amplitudes_percent"]["ventral_striatum"]
+    amplitudes = truth["amplitudes_percent"]["nacc"]
     regressors = condition_regressors(paradigm)
     planted = sum(amplitude * np.asarray(regressors[name])
                   for name, amplitude in amplitudes.items())

@@ -21,12 +21,18 @@ from rtserver.errors import InputError
 from rtserver.paradigm import Paradigm
 from rtserver.rigid import framewise_displacement, grid_centre, params_to_matrix, voxel_mapping
 from rtserver.simulate import (
+    CUE_REACTIVE_ROIS,
     GROUP_AMPLITUDES,
     MOTION_DRIFT_MAX,
+    PATTERN_SD,
+    ROI_DEFINITIONS,
+    SUBJECT_SD_PERCENT,
+    Activation,
     SimulatedSubject,
     _padded_phantom,
     _Renderer,
     apply_motion,
+    atlas_labels,
     build_phantom,
     condition_regressors,
     motion_trajectory,
@@ -34,7 +40,8 @@ from rtserver.simulate import (
     simulate_subject,
 )
 
-#: A grid smaller than the default, still covering the striatum, to keep the tests fast.
+ROI_NAMES = [name for name, _ in ROI_DEFINITIONS.values()]
+#: A grid smaller than the default, still covering the ROIs, to keep the tests fast.
 SMALL = (40, 48, 30)
 VOXEL = 3.5
 MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
@@ -113,11 +120,11 @@ def glm_design(events: list[dict[str, str]], n_volumes: int,
     return trial_types, np.column_stack(columns + nuisance)
 
 
-def percent_signal_change(run) -> dict[str, float]:
+def percent_signal_change(run, roi: int = 1) -> dict[str, float]:
     """Least-squares amplitudes (percent of the baseline) of the mean ROI time series."""
     bold = load_data(run.bold).astype(np.float64)
     labels = load_data(run.rois)
-    series = bold[labels == 1].mean(axis=0)
+    series = bold[labels == roi].mean(axis=0)
     trial_types, design = glm_design(read_tsv(run.events), bold.shape[-1], 2.0)
     beta = np.linalg.lstsq(design, series, rcond=None)[0]
     intercept = beta[len(trial_types)]
@@ -271,30 +278,55 @@ def test_roi_labels_and_truth(patient):
     assert labels_image.get_data_dtype() == np.int16
     assert labels.shape == SMALL
     assert np.allclose(labels_image.affine, nib.load(run.bold).affine)
-    assert read_tsv(run.rois_tsv) == [{"index": "1", "name": "ventral_striatum"}]
-    n_voxels = int(np.count_nonzero(labels == 1))
-    assert n_voxels >= 20
-    assert set(np.unique(labels)) == {0, 1}
-    # Both hemispheres: voxels on either side of x = 0 (world).
+    assert read_tsv(run.rois_tsv) == [{"index": str(i), "name": name}
+                                      for i, name in enumerate(ROI_NAMES, start=1)]
+    assert ROI_NAMES == ["nacc", "ventral_caudate", "dorsal_caudate", "putamen",
+                         "vmpfc_ofc", "acc", "ifg_dlpfc"]
+    assert set(np.unique(labels)) == set(range(len(ROI_NAMES) + 1))
     affine = labels_image.affine
-    x_world = affine[0, 0] * np.argwhere(labels == 1)[:, 0] + affine[0, 3]
-    assert (x_world < 0).sum() > 5 and (x_world > 0).sum() > 5
+    n_voxels = {}
+    for index, name in enumerate(ROI_NAMES, start=1):
+        n_voxels[name] = int(np.count_nonzero(labels == index))
+        assert n_voxels[name] >= 20, name
+        # Both hemispheres: voxels on either side of x = 0 (world).
+        x_world = affine[0, 0] * np.argwhere(labels == index)[:, 0] + affine[0, 3]
+        assert (x_world < 0).sum() > 5 and (x_world > 0).sum() > 5, name
 
     truth = read_json(run.truth)
     assert truth["group"] == "patient" and truth["seed"] == 7
     assert truth["software"]["version"] == __version__
-    assert truth["rois"]["labels"] == {"1": "ventral_striatum"}
-    assert truth["rois"]["n_voxels"] == {"ventral_striatum": n_voxels}
-    expected = dict(GROUP_AMPLITUDES["patient"])
-    assert truth["amplitudes_percent"]["ventral_striatum"] == expected
+    assert truth["rois"]["labels"] == {str(i): n for i, n in enumerate(ROI_NAMES, start=1)}
+    assert truth["rois"]["n_voxels"] == n_voxels
+    for name in ROI_NAMES:
+        planted = truth["amplitudes_percent"][name]
+        means = truth["group_amplitudes_percent"][name]
+        assert planted.keys() == means.keys() == set(GROUP_AMPLITUDES["patient"])
+        for trial_type, amplitude in planted.items():
+            assert abs(amplitude - means[trial_type]) < 4 * SUBJECT_SD_PERCENT
+    assert truth["group_amplitudes_percent"]["nacc"] == dict(GROUP_AMPLITUDES["patient"])
     assert truth["noise"]["tsnr"] == 60.0 and truth["noise"]["ar_rho"] == 0.3
     assert truth["motion"]["spike_volumes"] == list(run.spike_volumes)
+
+
+def test_atlas_regions_are_found_by_name():
+    """The label file's names and indices, read independently of the simulator."""
+    atlas_dir = Path(__file__).resolve().parents[1] / "rtserver" / "data" / "schaefer200_tian_s2"
+    (label_file,) = atlas_dir.glob("*_label.txt")
+    lines = label_file.read_text(encoding="utf-8").split("\n")
+    indices = {lines[k].strip(): int(lines[k + 1].split()[0])
+               for k in range(0, len(lines) - 1, 2) if lines[k].strip()}
+    assert dict(atlas_labels()) == indices
+    assert indices["NAc-shell-rh"] == 9 and indices["aCAU-lh"] == 31  # Tian S2 order
+    assert indices["7Networks_LH_Limbic_OFC_1"] > 32  # Schaefer parcels follow Tian's 32
 
 
 def test_group_amplitudes_follow_the_finding():
     patient, control = GROUP_AMPLITUDES["patient"], GROUP_AMPLITUDES["control"]
     assert patient["look_drug"] > patient["look_food"]
     assert control["look_drug"] < control["look_food"]
+    assert patient["reappraise_drug"] > patient["savor_food"]
+    assert control["reappraise_drug"] < control["savor_food"]
+    assert set(CUE_REACTIVE_ROIS) == {"nacc", "ventral_caudate", "vmpfc_ofc", "ifg_dlpfc"}
     for table in (patient, control):
         assert table["reappraise_drug"] < table["look_drug"]
         assert table["savor_food"] > table["look_food"]
@@ -379,18 +411,18 @@ def test_renderer_matches_full_grid_resampling():
     phantom = build_phantom(SMALL, VOXEL)
     paradigm = Paradigm.from_file("regulation")
     regressors = condition_regressors(paradigm)
-    amplitudes = dict(GROUP_AMPLITUDES["patient"])
+    activation = Activation.draw("patient", np.random.default_rng(1))
     params, _ = motion_trajectory(paradigm.n_volumes, np.random.default_rng(0), scale=3.0)
     centre = grid_centre(SMALL, phantom.affine)
-    renderer = _Renderer(phantom, regressors, amplitudes, params, centre)
+    renderer = _Renderer(phantom, regressors, activation, params, centre)
     padded = _padded_phantom(SMALL, VOXEL, renderer.pad)
     inner = tuple(slice(renderer.pad, renderer.pad + n) for n in SMALL)
     np.testing.assert_allclose(padded.baseline[inner], phantom.baseline, rtol=1e-9)
     np.testing.assert_array_equal(padded.labels[inner], phantom.labels)
     assert np.allclose(grid_centre(padded.baseline.shape, padded.affine), centre)
+    maps = activation.maps(padded, reference=phantom)
     for k in (0, 30, 90):
-        clean = padded.baseline * (1 + sum(
-            regressors[c][k] * a / 100 * (padded.labels > 0) for c, a in amplitudes.items()))
+        clean = padded.baseline * (1 + sum(regressors[c][k] * maps[c] / 100 for c in maps))
         matrix = params_to_matrix(params[k], centre)
         expected = apply_motion(clean, matrix, padded.affine, mode="mirror")[inner]
         np.testing.assert_allclose(renderer.render(k), expected, atol=1e-6 * clean.max())
@@ -410,16 +442,39 @@ def test_hrf_regressors_match_an_independent_convolution():
 
 # ---------------------------------------------------------------------------- signal
 def test_glm_recovers_planted_amplitudes_and_group_contrast(still_runs):
-    tolerance = 0.25  # percent signal change; estimation sd is about 0.05
-    estimates = {group: percent_signal_change(s.runs[0]) for group, s in still_runs.items()}
-    assert estimates["patient"]["look_drug"] - estimates["patient"]["look_food"] > 0.3
-    assert estimates["control"]["look_drug"] - estimates["control"]["look_food"] < -0.3
-    for group, estimate in estimates.items():
-        truth = read_json(still_runs[group].runs[0].truth)["amplitudes_percent"]
-        planted = truth["ventral_striatum"]
-        assert planted == dict(GROUP_AMPLITUDES[group])
-        for trial_type, amplitude in planted.items():
-            assert estimate[trial_type] == pytest.approx(amplitude, abs=tolerance), trial_type
+    tolerance = 0.25  # percent signal change; estimation sd is about 0.05 to 0.1
+    for subject in still_runs.values():
+        run = subject.runs[0]
+        truth = read_json(run.truth)["amplitudes_percent"]
+        for index, name in enumerate(ROI_NAMES, start=1):
+            estimate = percent_signal_change(run, index)
+            for trial_type, amplitude in truth[name].items():
+                assert estimate[trial_type] == pytest.approx(amplitude, abs=tolerance), (
+                    name, trial_type)
+            # The subject's own contrasts (drawn around the group's), sign and size.
+            for a, b in (("look_drug", "look_food"), ("reappraise_drug", "savor_food")):
+                planted = truth[name][a] - truth[name][b]
+                found = estimate[a] - estimate[b]
+                assert found == pytest.approx(planted, abs=tolerance), (name, a, b)
+                if abs(planted) > tolerance:
+                    assert np.sign(found) == np.sign(planted), (name, a, b)
+
+
+def test_voxel_patterns_carry_information_the_roi_mean_does_not():
+    """Inside an ROI the planted maps vary voxel to voxel, with the ROI mean equal to the
+    amplitude, and two conditions' patterns differ beyond a scale factor."""
+    phantom = build_phantom(SMALL, VOXEL)
+    activation = Activation.draw("control", np.random.default_rng(3))
+    maps = activation.maps(phantom)
+    for index, name in phantom.roi_names.items():
+        inside = phantom.labels == index
+        drug, food = maps["look_drug"][inside], maps["look_food"][inside]
+        assert drug.mean() == pytest.approx(activation.amplitudes[name]["look_drug"])
+        relative_sd = drug.std() / drug.mean()
+        assert relative_sd == pytest.approx(PATTERN_SD, rel=1e-6)
+        r = np.corrcoef(drug, food)[0, 1]
+        assert 0.1 < r < 0.9, (name, r)  # shared half plus each condition's own half
+        assert np.all(maps["look_drug"][~inside & (phantom.labels == 0)] == 0)
 
 
 def test_noise_has_planted_tsnr_and_autocorrelation(still_runs):
@@ -458,7 +513,7 @@ def test_noise_has_planted_tsnr_and_autocorrelation(still_runs):
         ({"voxel_size": 0}, r"voxel_size should be a positive number\. Got 0"),
         ({"n_runs": 0}, r"n_runs should be an integer >= 1\. Got 0"),
         ({"motion_scale": -1.0}, r"motion_scale should be a number >= 0\. Got -1\.0"),
-        ({"shape": (8, 8, 8)}, r"holds \d+ voxels of ROI 'ventral_striatum'; expected at least"),
+        ({"shape": (8, 8, 8)}, r"holds \d+ voxels of ROI 'nacc'; expected at least"),
     ],
 )
 def test_bad_arguments_raise_input_error(tmp_path, kwargs, message):
@@ -473,3 +528,39 @@ def test_bad_cohort_raises_input_error(tmp_path):
         simulate_cohort(tmp_path, 0, 0, seed=1)
     with pytest.raises(InputError, match=r"n_patients should be an integer >= 0\. Got -2"):
         simulate_cohort(tmp_path, -2, 1, seed=1)
+
+
+# ---------------------------------------------------------------------------- nilearn
+def test_nilearn_first_level_model_recovers_planted_roi_effects(still_runs):
+    """An independent standard analysis (nilearn's FirstLevelModel, SPM HRF, cosine drift)
+    finds every ROI's planted amplitudes within 0.3 % signal change, and the subject's
+    drug-vs-food and reappraise-vs-savor contrasts with their planted sign."""
+    import pandas as pd
+    from nilearn.glm.first_level import FirstLevelModel
+
+    tolerance = 0.3  # percent signal change
+    for subject in still_runs.values():
+        run = subject.runs[0]
+        truth = read_json(run.truth)["amplitudes_percent"]
+        bold = nib.load(run.bold)
+        labels = load_data(run.rois)
+        events = pd.read_csv(run.events, sep="\t")
+        model = FirstLevelModel(t_r=2.0, hrf_model="spm", drift_model="cosine",
+                                high_pass=0.008, signal_scaling=False, noise_model="ar1",
+                                mask_img=nib.Nifti1Image((labels > 0).astype(np.int8),
+                                                         bold.affine),
+                                minimize_memory=True).fit(bold, events=events)
+        mean = load_data(run.bold).astype(np.float64).mean(axis=-1)
+        for index, name in enumerate(ROI_NAMES, start=1):
+            inside = labels == index
+            found = {}
+            for trial_type in truth[name]:
+                effect = np.asarray(model.compute_contrast(
+                    trial_type, output_type="effect_size").dataobj)
+                found[trial_type] = 100.0 * effect[inside].mean() / mean[inside].mean()
+                assert found[trial_type] == pytest.approx(truth[name][trial_type],
+                                                          abs=tolerance), (name, trial_type)
+            for a, b in (("look_drug", "look_food"), ("reappraise_drug", "savor_food")):
+                planted = truth[name][a] - truth[name][b]
+                if abs(planted) > tolerance:
+                    assert np.sign(found[a] - found[b]) == np.sign(planted), (name, a, b)
