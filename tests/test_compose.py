@@ -84,3 +84,6 @@ def test_bridge_replays_the_file_the_simulator_writes(resolved, tmp_path):
     data = Path("/data/bids")
     assert tmp_path / bridge.source.relative_to(data) == subject.runs[0].bold
     assert tmp_path / Path(server.roi).relative_to(data) == subject.runs[0].rois
+    names = {row.split("\t")[1] for row in
+             subject.runs[0].rois_tsv.read_text().splitlines()[1:] if row.strip()}
+    assert server.target in names, f"--target {server.target} is not one of the ROIs {names}"
