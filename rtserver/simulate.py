@@ -20,15 +20,22 @@ truth behind them under ``derivatives/simulator/``:
 4. **Motion.** A rigid trajectory (slow drift plus one or two spikes) moves the head;
    volume ``k`` is the reference image resampled so that ``V_k(M_k @ x) = reference(x)``
    (:mod:`rtserver.rigid`'s convention). Volume 0 does not move.
-5. **Scanner.** A slow multiplicative drift (linear plus half-cosine), AR(1) physiological
+5. **Physiology.** Each run draws a heart rate and a breathing rate that drift slowly
+   (:class:`Physiology`) and writes them as BIDS ``_physio.tsv.gz`` recordings (a
+   pulse-oximeter-like cardiac wave and a breathing-belt wave, 50 Hz). Their phases, at each
+   slice's acquisition time, drive RETROICOR-like fluctuations (two harmonics per cycle)
+   whose voxel coefficients are smooth random fields, larger in CSF and at the brain's edge.
+6. **Scanner.** A slow multiplicative drift (linear plus half-cosine), AR(1) physiological
    noise proportional to the signal, and white thermal noise taken into the magnitude
-   (Rician) domain; together they give the requested temporal SNR at the median brain
-   intensity. Values are stored as int16, like a scanner's.
+   (Rician) domain; with the cardiac and respiratory fluctuations they give the requested
+   temporal SNR at the median brain intensity. Values are stored as int16, like a scanner's.
 
 Every file is a deterministic function of ``(subject, seed)`` and the arguments: the same
 call writes the same bytes (gzip streams carry no timestamp).
 
-Times: a volume's value is taken at its acquisition start, ``index * TR`` (no slice timing).
+Times: a volume's activation and motion are taken at its acquisition start, ``index * TR``;
+the cardiac and respiratory fluctuations at each slice's own time (ascending sequential
+slices, ``SliceTiming`` in the sidecar).
 """
 
 from __future__ import annotations
@@ -134,10 +141,34 @@ PATTERN_WAVES = 24
 
 #: Temporal SNR at the median brain intensity (thermal and physiological noise together).
 DEFAULT_TSNR = 60.0
-#: Lag-1 autocorrelation of the physiological noise.
+#: Lag-1 autocorrelation of the slow physiological noise (an AR(1) process).
 DEFAULT_AR_RHO = 0.3
-#: Share of the noise variance that is physiological (AR(1)); the rest is thermal (white).
-PHYSIOLOGICAL_VARIANCE_FRACTION = 0.5
+#: Shares of the noise variance at the median brain intensity: the slow AR(1)
+#: physiological noise, the cardiac and the respiratory cycles (RETROICOR-like, larger near
+#: CSF and the brain's edge); the rest (0.5) is thermal (white, Rician).
+AR_VARIANCE_FRACTION = 0.4
+CARDIAC_VARIANCE_FRACTION = 0.05
+RESPIRATORY_VARIANCE_FRACTION = 0.05
+#: Share of the physiological noise variance that is AR(1) or cyclic, together.
+PHYSIOLOGICAL_VARIANCE_FRACTION = (AR_VARIANCE_FRACTION + CARDIAC_VARIANCE_FRACTION
+                                   + RESPIRATORY_VARIANCE_FRACTION)
+#: Cardiac and respiratory rates (Hz), drawn per run; each varies slowly within the run
+#: by the given relative sd, and the breathing depth by RESPIRATORY_DEPTH_SD.
+CARDIAC_RATE_HZ = (1.0, 1.3)
+RESPIRATORY_RATE_HZ = (0.2, 0.3)
+CARDIAC_RATE_SD = 0.04
+RESPIRATORY_RATE_SD = 0.08
+RESPIRATORY_DEPTH_SD = 0.2
+#: Share of a cycle's noise variance in its first and second harmonic.
+HARMONIC_POWER = (0.75, 0.25)
+#: Extra noise sd, relative to grey matter, in CSF and at the brain's edge (cardiac pulsation
+#: near vessels and ventricles; respiratory field changes at the edge).
+CARDIAC_CSF_GAIN, CARDIAC_EDGE_GAIN = 2.0, 1.0
+RESPIRATORY_EDGE_GAIN = 2.0
+#: Wavelengths (mm) of the smooth random fields that give each cycle's coefficients.
+PHYSIOLOGICAL_WAVELENGTH_MM = (12.0, 40.0)
+#: Sampling rate of the written cardiac and respiratory recordings (BIDS ``_physio``).
+PHYSIO_SAMPLING_HZ = 50.0
 #: Largest slow drift of each translation (mm) and rotation (degrees); each run draws its own.
 MOTION_DRIFT_MAX = (0.5, 0.5)
 #: Translation size of a motion spike (mm) and of its rotation (degrees), drawn uniformly.
@@ -163,6 +194,8 @@ class SimulatedRun:
         Run number (1-based, the BIDS ``run-<n>``).
     bold, sidecar, events : Path
         Raw BIDS: the 4D int16 image, its JSON sidecar and the events table.
+    physio, physio_sidecar : Path
+        Raw BIDS: the cardiac and respiratory recording (``_physio.tsv.gz``) and its JSON.
     rois, rois_tsv : Path
         Derivatives: the ROI label image in EPI space and its table of names.
     true_motion, truth : Path
@@ -175,6 +208,8 @@ class SimulatedRun:
     bold: Path
     sidecar: Path
     events: Path
+    physio: Path
+    physio_sidecar: Path
     rois: Path
     rois_tsv: Path
     true_motion: Path
@@ -724,10 +759,11 @@ def group_amplitudes(group: str, roi: str) -> Mapping[str, float]:
     return GROUP_AMPLITUDES[group] if roi in CUE_REACTIVE_ROIS else OTHER_ROI_AMPLITUDES
 
 
-def _plane_waves(rng: np.random.Generator) -> np.ndarray:
+def _plane_waves(rng: np.random.Generator,
+                 wavelengths: tuple[float, float] = PATTERN_WAVELENGTH_MM) -> np.ndarray:
     directions = rng.standard_normal((PATTERN_WAVES, 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    frequencies = 1.0 / rng.uniform(*PATTERN_WAVELENGTH_MM, size=(PATTERN_WAVES, 1))
+    frequencies = 1.0 / rng.uniform(*wavelengths, size=(PATTERN_WAVES, 1))
     phases = rng.uniform(0.0, 2.0 * np.pi, size=(PATTERN_WAVES, 1))
     return np.hstack([directions * frequencies, phases])
 
@@ -753,7 +789,8 @@ def _simulate_run(root: Path, subject: str, group: str, seed: int, run: int,
     params, spikes = motion_trajectory(n_volumes, rng, motion_scale)
     centre = grid_centre(phantom.shape, phantom.affine)
     drift = _Drift.draw(n_volumes, rng)
-    noise = _NoiseModel(phantom, DEFAULT_TSNR, DEFAULT_AR_RHO, rng)
+    physiology = Physiology.draw(n_volumes * paradigm.tr, rng)
+    noise = _NoiseModel(phantom, DEFAULT_TSNR, DEFAULT_AR_RHO, paradigm.tr, physiology, rng)
     renderer = _Renderer(phantom, regressors, activation, params, centre)
 
     # Moving the head (spline resampling) is the costly part and draws no random numbers,
@@ -773,7 +810,11 @@ def _simulate_run(root: Path, subject: str, group: str, seed: int, run: int,
 
     paths = _run_paths(root, subject, paradigm.task, run)
     _write_nifti(paths["bold"], bold, phantom.affine, tr=paradigm.tr)
-    _write_json(paths["sidecar"], {"RepetitionTime": paradigm.tr, "TaskName": paradigm.task})
+    _write_json(paths["sidecar"], {
+        "RepetitionTime": paradigm.tr, "TaskName": paradigm.task,
+        "SliceTiming": [round(float(t), 6) for t in noise.slice_timing],
+        "SliceEncodingDirection": "k"})
+    _write_physio(paths["physio"], paths["physio_sidecar"], physiology)
     _write_events(paths["events"], paradigm)
     _write_nifti(paths["rois"], phantom.labels, phantom.affine, intent="label")
     _write_tsv(paths["rois_tsv"], ["index", "name"],
@@ -895,24 +936,136 @@ class _Drift:
         return cls(linear, cosine, linear * u + cosine * np.cos(np.pi * u))
 
 
-class _NoiseModel:
-    """AR(1) physiological noise proportional to the signal plus Rician thermal noise.
+@dataclass(frozen=True)
+class Physiology:
+    """One run's heartbeat and breathing, sampled at :data:`PHYSIO_SAMPLING_HZ`.
 
-    At the median brain intensity the two together give a temporal SNR of ``tsnr``.
+    Attributes
+    ----------
+    times : numpy.ndarray
+        Sample times (s) from the run's first volume.
+    cardiac_phase, respiratory_phase : numpy.ndarray
+        Unwrapped phases (radians) of the two cycles at ``times``.
+    respiratory_depth : numpy.ndarray
+        Relative breathing depth (mean 1) at ``times``.
+    cardiac_rate, respiratory_rate : float
+        The run's mean rates (Hz).
     """
 
-    def __init__(self, phantom: Phantom, tsnr: float, rho: float,
-                 rng: np.random.Generator) -> None:
+    times: np.ndarray
+    cardiac_phase: np.ndarray
+    respiratory_phase: np.ndarray
+    respiratory_depth: np.ndarray
+    cardiac_rate: float
+    respiratory_rate: float
+
+    @classmethod
+    def draw(cls, duration: float, rng: np.random.Generator) -> Physiology:
+        """Draw rates and their slow variation for a run of ``duration`` seconds."""
+        step = 1.0 / PHYSIO_SAMPLING_HZ
+        times = np.arange(0.0, duration + step / 2, step)
+        cardiac_rate = float(rng.uniform(*CARDIAC_RATE_HZ))
+        respiratory_rate = float(rng.uniform(*RESPIRATORY_RATE_HZ))
+
+        def slow(sd: float) -> np.ndarray:  # smooth, ~10 s time scale, the given sd
+            walk = ndimage.gaussian_filter1d(rng.standard_normal(times.size),
+                                             5.0 * PHYSIO_SAMPLING_HZ, mode="reflect")
+            return sd * (walk - walk.mean()) / walk.std()
+
+        cardiac = cardiac_rate * (1.0 + slow(CARDIAC_RATE_SD))
+        respiratory = respiratory_rate * (1.0 + slow(RESPIRATORY_RATE_SD))
+        start = rng.uniform(0.0, 2.0 * np.pi, size=2)
+        return cls(times=times,
+                   cardiac_phase=start[0] + 2.0 * np.pi * np.cumsum(cardiac) * step,
+                   respiratory_phase=start[1] + 2.0 * np.pi * np.cumsum(respiratory) * step,
+                   respiratory_depth=np.clip(1.0 + slow(RESPIRATORY_DEPTH_SD), 0.2, None),
+                   cardiac_rate=cardiac_rate, respiratory_rate=respiratory_rate)
+
+    def basis(self, times: np.ndarray) -> np.ndarray:
+        """RETROICOR-like regressors at ``times``: (..., 8) array.
+
+        Columns: cardiac cos/sin of the phase and of twice the phase, then respiratory
+        likewise (times the breathing depth), each harmonic scaled by the square root of
+        its share of the power (:data:`HARMONIC_POWER`).
+        """
+        cardiac = np.interp(times, self.times, self.cardiac_phase)
+        respiratory = np.interp(times, self.times, self.respiratory_phase)
+        depth = np.interp(times, self.times, self.respiratory_depth)
+        columns = []
+        for phase, gain in ((cardiac, 1.0), (respiratory, depth)):
+            for harmonic, power in enumerate(HARMONIC_POWER, start=1):
+                weight = gain * math.sqrt(power)
+                columns += [weight * np.cos(harmonic * phase),
+                            weight * np.sin(harmonic * phase)]
+        return np.stack(columns, axis=-1)
+
+    def recording(self) -> np.ndarray:
+        """(n, 2) cardiac and respiratory waves as a pulse oximeter and a belt record them.
+
+        The cardiac wave is a sharp systolic peak with a dicrotic bump; the belt signal is
+        the breathing depth times the cosine of the respiratory phase.
+        """
+        phase = self.cardiac_phase
+        cardiac = np.cos(phase) + 0.45 * np.cos(2.0 * phase - 0.6) + 0.15 * np.cos(3.0 * phase)
+        respiratory = self.respiratory_depth * np.cos(self.respiratory_phase)
+        return np.column_stack([cardiac, respiratory])
+
+
+class _NoiseModel:
+    """Rician thermal noise plus physiological noise proportional to the signal.
+
+    The physiological part is an AR(1) process (white in space) plus cardiac and
+    respiratory fluctuations: at voxel x and slice time t, ``sum_j c_j(x) b_j(t)`` with the
+    regressors ``b_j`` of :meth:`Physiology.basis` and coefficients ``c_j`` smooth random
+    fields scaled by a map that is 1 in grey matter and larger in CSF and at the brain's
+    edge. At the median brain intensity the parts have the variance shares of
+    :data:`AR_VARIANCE_FRACTION`, :data:`CARDIAC_VARIANCE_FRACTION` and
+    :data:`RESPIRATORY_VARIANCE_FRACTION` (the rest is thermal), and together give a
+    temporal SNR of ``tsnr``.
+    """
+
+    def __init__(self, phantom: Phantom, tsnr: float, rho: float, tr: float,
+                 physiology: Physiology, rng: np.random.Generator) -> None:
         self.tsnr = tsnr
         self.rho = rho
         self.rng = rng
+        self.physiology = physiology
         self.reference_intensity = float(np.median(phantom.baseline[phantom.brain_mask]))
         total_sd = self.reference_intensity / tsnr
         self.thermal_sd = total_sd * math.sqrt(1.0 - PHYSIOLOGICAL_VARIANCE_FRACTION)
-        # Physiological standard deviation as a fraction of the local signal.
-        self.physiological_fraction = (total_sd / self.reference_intensity
-                                       * math.sqrt(PHYSIOLOGICAL_VARIANCE_FRACTION))
+        relative_sd = total_sd / self.reference_intensity
+        # Standard deviations as fractions of the local signal.
+        self.physiological_fraction = relative_sd * math.sqrt(AR_VARIANCE_FRACTION)
+        self.cardiac_fraction = relative_sd * math.sqrt(CARDIAC_VARIANCE_FRACTION)
+        self.respiratory_fraction = relative_sd * math.sqrt(RESPIRATORY_VARIANCE_FRACTION)
+        n_slices = phantom.shape[2]
+        self.slice_timing = np.arange(n_slices) * (tr / n_slices)  # ascending sequential
+        self.tr = tr
+        self.coefficients = self._coefficient_maps(phantom, rng)
         self._state: np.ndarray | None = None
+        self._index = 0
+
+    def _coefficient_maps(self, phantom: Phantom, rng: np.random.Generator) -> np.ndarray:
+        """(8, x, y, z) float32 coefficients of the cardiac and respiratory regressors."""
+        inside = phantom.brain_mask
+        baseline = phantom.baseline
+        reference = self.reference_intensity
+        csf = ndimage.gaussian_filter((baseline > 1.15 * reference).astype(float), 1.0)
+        edge = ndimage.gaussian_filter(
+            (inside & ~ndimage.binary_erosion(inside, iterations=2)).astype(float), 1.0)
+        grey = inside & (np.abs(baseline - reference) < 0.03 * reference)
+        points = _world_points(phantom, inside)
+        maps = np.zeros((8, *phantom.shape), dtype=np.float32)
+        for source, (weight, fraction) in enumerate((
+                (1.0 + CARDIAC_CSF_GAIN * csf + CARDIAC_EDGE_GAIN * edge, self.cardiac_fraction),
+                (1.0 + RESPIRATORY_EDGE_GAIN * edge, self.respiratory_fraction))):
+            # Mean square 1 over grey-matter voxels, where the tSNR is defined.
+            weight = weight / math.sqrt(float(np.mean(weight[grey] ** 2)))
+            for column in range(4):
+                field = _field(_plane_waves(rng, PHYSIOLOGICAL_WAVELENGTH_MM), points)
+                field = (field - field.mean()) / field.std()
+                maps[4 * source + column][inside] = fraction * weight[inside] * field
+        return maps
 
     def add(self, image: np.ndarray) -> np.ndarray:
         """The next volume of the run: ``image`` (noise-free) with noise, float32."""
@@ -923,8 +1076,15 @@ class _NoiseModel:
         else:
             self._state *= np.float32(self.rho)
             self._state += np.float32(math.sqrt(1.0 - self.rho**2)) * innovation
+        regressors = self.physiology.basis(self._index * self.tr + self.slice_timing)
+        self._index += 1
+        cyclic = np.einsum("jxyz,zj->xyz", self.coefficients,
+                           regressors.astype(np.float32), optimize=True)
         signal = image.astype(np.float32)
-        signal *= 1.0 + np.float32(self.physiological_fraction) * self._state
+        modulation = np.float32(self.physiological_fraction) * self._state
+        modulation += cyclic
+        modulation += np.float32(1.0)
+        signal *= modulation
         thermal_sd = np.float32(self.thermal_sd)
         signal += thermal_sd * self.rng.standard_normal(shape, dtype=np.float32)
         imaginary = thermal_sd * self.rng.standard_normal(shape, dtype=np.float32)
@@ -956,6 +1116,8 @@ def _run_paths(root: Path, subject: str, task: str, run: int) -> dict[str, Path]
         "bold": raw / f"{stem}_bold.nii.gz",
         "sidecar": raw / f"{stem}_bold.json",
         "events": raw / f"{stem}_events.tsv",
+        "physio": raw / f"{stem}_physio.tsv.gz",
+        "physio_sidecar": raw / f"{stem}_physio.json",
         "rois": truth / f"{stem}_space-EPI_desc-rois_dseg.nii.gz",
         "rois_tsv": truth / f"{stem}_space-EPI_desc-rois_dseg.tsv",
         "true_motion": truth / f"{stem}_desc-truemotion_timeseries.tsv",
@@ -1024,6 +1186,21 @@ def _write_motion(path: Path, params: np.ndarray) -> None:
         fd = "n/a" if k == 0 else f"{framewise_displacement(params[k - 1], row):.8f}"
         rows.append([f"{value:.8f}" for value in row] + [fd])
     _write_tsv(path, [*PARAMETER_NAMES, "framewise_displacement"], rows)
+
+
+def _write_physio(path: Path, sidecar: Path, physiology: Physiology) -> None:
+    """BIDS physiological recording: headerless gzipped TSV plus its JSON sidecar."""
+    lines = "".join(f"{c:.5f}\t{r:.5f}\n" for c, r in physiology.recording())
+    path.write_bytes(gzip.compress(lines.encode("ascii"), compresslevel=6, mtime=0))
+    _write_json(sidecar, {
+        "SamplingFrequency": PHYSIO_SAMPLING_HZ,
+        "StartTime": 0.0,
+        "Columns": ["cardiac", "respiratory"],
+        "cardiac": {"Description": "Simulated pulse-oximeter wave (arbitrary units).",
+                    "Units": "a.u."},
+        "respiratory": {"Description": "Simulated respiratory-belt wave (arbitrary units).",
+                        "Units": "a.u."},
+    })
 
 
 def _write_tsv(path: Path, columns: list[str], rows: list[list[str]]) -> None:
@@ -1106,6 +1283,19 @@ def _truth(root: Path, paths: dict[str, Path], subject: str, group: str, seed: i
             "thermal_sd": round(noise.thermal_sd, 4),
             "physiological_sd_fraction": round(noise.physiological_fraction, 6),
             "physiological_variance_fraction": PHYSIOLOGICAL_VARIANCE_FRACTION,
+            "ar_variance_fraction": AR_VARIANCE_FRACTION,
+            "cardiac_variance_fraction": CARDIAC_VARIANCE_FRACTION,
+            "respiratory_variance_fraction": RESPIRATORY_VARIANCE_FRACTION,
+            "variance_fractions_at": "voxels within 3 % of the reference intensity "
+                                     "(grey matter); cyclic noise is larger in CSF and at "
+                                     "the brain's edge",
+            "cardiac_rate_hz": round(noise.physiology.cardiac_rate, 6),
+            "respiratory_rate_hz": round(noise.physiology.respiratory_rate, 6),
+            "physio_model": "RETROICOR-like: 2 harmonics of the cardiac and respiratory "
+                            "phases at each slice's time (SliceTiming), respiratory terms "
+                            "times the breathing depth; harmonic power shares "
+                            f"{list(HARMONIC_POWER)}",
+            "physio_file": relative["physio"],
         },
         "drift_percent": {
             "model": "signal * (1 + (linear * u + cosine * cos(pi * u)) / 100), "

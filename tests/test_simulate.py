@@ -7,6 +7,7 @@ here independently of ``rtserver/simulate.py`` (HRF, GLM, motion direction).
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage, stats
+from scipy import ndimage, signal, stats
 
 from rtserver import __version__
 from rtserver.errors import InputError
@@ -262,9 +263,14 @@ def test_events_match_paradigm_and_bids_files(patient):
     assert derivative["GeneratedBy"][0]["Name"]
     assert read_tsv(root / "participants.tsv") == [{"participant_id": "sub-P01",
                                                     "group": "patient"}]
-    assert read_json(run.sidecar) == {"RepetitionTime": 2.0, "TaskName": "regulation"}
+    sidecar = read_json(run.sidecar)
+    assert sidecar["RepetitionTime"] == 2.0 and sidecar["TaskName"] == "regulation"
+    assert sidecar["SliceEncodingDirection"] == "k"
+    assert all(0.0 <= t < 2.0 for t in sidecar["SliceTiming"])
     stem = "sub-P01_task-regulation_run-1"
     assert run.bold == root / "sub-P01" / "func" / f"{stem}_bold.nii.gz"
+    assert run.physio == root / "sub-P01" / "func" / f"{stem}_physio.tsv.gz"
+    assert read_json(run.physio_sidecar)["SamplingFrequency"] == 50.0
     truth_dir = root / "derivatives" / "simulator" / "sub-P01" / "func"
     assert run.rois == truth_dir / f"{stem}_space-EPI_desc-rois_dseg.nii.gz"
     assert run.true_motion == truth_dir / f"{stem}_desc-truemotion_timeseries.tsv"
@@ -477,28 +483,108 @@ def test_voxel_patterns_carry_information_the_roi_mean_does_not():
         assert np.all(maps["look_drug"][~inside & (phantom.labels == 0)] == 0)
 
 
-def test_noise_has_planted_tsnr_and_autocorrelation(still_runs):
+def recorded_phases(run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample times and the cardiac and respiratory phases, recovered from the BIDS physio
+    recording as an analysis would: band-pass around each cycle, then the Hilbert phase."""
+    sidecar = read_json(run.physio_sidecar)
+    assert sidecar["Columns"] == ["cardiac", "respiratory"]
+    with gzip.open(run.physio, "rt") as stream:
+        recording = np.loadtxt(stream)
+    rate = sidecar["SamplingFrequency"]
+    times = sidecar["StartTime"] + np.arange(len(recording)) / rate
+
+    def phase(wave: np.ndarray, band: tuple[float, float]) -> np.ndarray:
+        b, a = signal.butter(2, np.asarray(band) / (rate / 2.0), "bandpass")
+        return np.unwrap(np.angle(signal.hilbert(signal.filtfilt(b, a, wave))))
+
+    return times, phase(recording[:, 0], (0.6, 2.0)), phase(recording[:, 1], (0.1, 0.6))
+
+
+def retroicor(times: np.ndarray, cardiac: np.ndarray, respiratory: np.ndarray,
+              at: np.ndarray) -> np.ndarray:
+    """Glover et al. (2000) regressors: 2 harmonics of each cycle's phase at times ``at``."""
+    columns = []
+    for phase in (np.interp(at, times, cardiac), np.interp(at, times, respiratory)):
+        for m in (1, 2):
+            columns += [np.cos(m * phase), np.sin(m * phase)]
+    return np.column_stack(columns)
+
+
+def test_physio_recording_follows_the_planted_rates(still_runs):
+    run = still_runs["patient"].runs[0]
+    truth = read_json(run.truth)["noise"]
+    times, cardiac, respiratory = recorded_phases(run)
+    duration = times[-1] - times[0]
+    # Mean rate = cycles over the run; the planted rates vary by a few percent within it.
+    found_cardiac = (cardiac[-1] - cardiac[0]) / (2 * np.pi * duration)
+    found_respiratory = (respiratory[-1] - respiratory[0]) / (2 * np.pi * duration)
+    assert found_cardiac == pytest.approx(truth["cardiac_rate_hz"], rel=0.03)
+    assert found_respiratory == pytest.approx(truth["respiratory_rate_hz"], rel=0.05)
+    sidecar = read_json(run.sidecar)
+    n_slices = load_data(run.bold).shape[2]
+    assert sidecar["SliceTiming"] == pytest.approx(np.arange(n_slices) * 2.0 / n_slices,
+                                                   abs=1e-6)
+
+
+def test_noise_has_planted_tsnr_autocorrelation_and_physiological_cycles(still_runs):
+    """tSNR at grey-matter intensity matches the setting within 8 %; after removing drift
+    and the RETROICOR regressors built from the physio recording, the lag-1 autocorrelation
+    matches the AR(1) setting within 0.02 (its expectation under the planted covariance,
+    which accounts for the regression's bias); the cardiac and respiratory regressors
+    explain more variance than chance, and more in CSF than in grey matter."""
     run = still_runs["patient"].runs[0]
     truth = read_json(run.truth)["noise"]
     bold = load_data(run.bold).astype(np.float64)
     labels = load_data(run.rois)
+    n = bold.shape[-1]
+    slice_times = np.asarray(read_json(run.sidecar)["SliceTiming"])
+    times, cardiac, respiratory = recorded_phases(run)
     mean = bold.mean(axis=-1)
-    # Voxels at the reference intensity (where tSNR is defined), away from the ROI.
     reference = truth["reference_intensity"]
-    selected = (np.abs(mean - reference) < 0.03 * reference) & (labels == 0)
-    assert selected.sum() > 500
-    series = bold[selected].T  # (time, voxels)
-    n = series.shape[0]
+    # Voxels at the reference intensity (where tSNR is defined), away from the ROIs.
+    grey = (np.abs(mean - reference) < 0.03 * reference) & (labels == 0)
+    csf = (mean > 1.2 * reference) & (labels == 0)
+    assert grey.sum() > 500 and csf.sum() > 100
     u = np.linspace(0.0, 1.0, n)
     drift = np.column_stack([np.ones(n), u, np.cos(np.pi * u)])
-    residuals = series - drift @ np.linalg.lstsq(drift, series, rcond=None)[0]
-    tsnr = np.median(series.mean(axis=0) / residuals.std(axis=0, ddof=3))
+    # The non-cyclic noise: AR(1) share plus white share, in units of the total variance.
+    lags = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+    covariance = (truth["ar_variance_fraction"] * truth["ar_rho"] ** lags
+                  + (1.0 - truth["physiological_variance_fraction"]) * np.eye(n))
+    shift = (np.eye(n, k=1) + np.eye(n, k=-1)) / 2.0
+    found: dict[str, list] = {"tsnr": [], "lag1": [], "expected": [], "r2_grey": [],
+                              "r2_csf": [], "chance": []}
+    for z in range(bold.shape[2]):
+        design = np.hstack([drift, retroicor(times, cardiac, respiratory,
+                                             np.arange(n) * 2.0 + slice_times[z])])
+        clean = np.eye(n) - design @ np.linalg.pinv(design)
+        detrend = np.eye(n) - drift @ np.linalg.pinv(drift)
+        kept = clean @ covariance @ clean
+        for name, selected in (("grey", grey[..., z]), ("csf", csf[..., z])):
+            if not selected.any():
+                continue
+            series = bold[..., z, :][selected].T  # (time, voxels)
+            detrended, residuals = detrend @ series, clean @ series
+            r2 = 1.0 - (residuals**2).sum(axis=0) / (detrended**2).sum(axis=0)
+            found[f"r2_{name}"].append(r2)
+            if name == "grey":
+                found["tsnr"].append(series.mean(axis=0) / detrended.std(axis=0, ddof=3))
+                found["lag1"].append((residuals[1:] * residuals[:-1]).sum(axis=0)
+                                     / (residuals**2).sum(axis=0))
+                found["expected"].append(np.trace(shift @ kept) / np.trace(kept))
+                # R2 the 8 regressors reach on noise without cycles.
+                found["chance"].append(1.0 - np.trace(kept) / np.trace(detrend @ covariance
+                                                                         @ detrend))
+    tsnr = np.median(np.concatenate(found["tsnr"]))
     assert tsnr == pytest.approx(truth["tsnr"], rel=0.08)
-    # Only the physiological share of the variance is AR(1): lag-1 r = rho * share.
-    lag1 = np.median(np.sum(residuals[1:] * residuals[:-1], axis=0)
-                     / np.sum(residuals**2, axis=0))
-    expected = truth["ar_rho"] * truth["physiological_variance_fraction"]
-    assert lag1 == pytest.approx(expected, abs=0.04)
+    lag1 = np.median(np.concatenate(found["lag1"]))
+    assert lag1 == pytest.approx(np.median(found["expected"]), abs=0.02)
+    r2_grey = np.mean(np.concatenate(found["r2_grey"]))
+    r2_csf = np.mean(np.concatenate(found["r2_csf"]))
+    chance = float(np.mean(found["chance"]))
+    cyclic = truth["cardiac_variance_fraction"] + truth["respiratory_variance_fraction"]
+    assert r2_grey - chance == pytest.approx(cyclic, abs=0.04)
+    assert r2_csf - chance > 1.5 * (r2_grey - chance)
 
 
 # ---------------------------------------------------------------------------- errors
