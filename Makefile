@@ -12,12 +12,12 @@ SYSTEM_PACKAGES := xvfb xauth libgl1 libglu1-mesa libegl1 libxkbcommon-x11-0 \
 # Run under a virtual screen unless there is a real one.
 XRUN   := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1280x1024x24")
 
-.PHONY: demo test system venv lint benchmark clean
+.PHONY: demo test system venv tools lint benchmark clean
 
 demo: system venv
 	$(XRUN) $(BIN)/rtserver demo --out $(OUT)
 
-test: system venv
+test: system venv tools
 	$(BIN)/ruff check rtserver feedback_display tests benchmarks
 	$(XRUN) $(BIN)/python -m pytest -ra
 
@@ -47,5 +47,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[display,test]'
 	@touch $@
 
+# npm's bids-validator (the field's own checker of the BIDS datasets this project writes),
+# installed locally from tools/package-lock.json; Node.js comes from Debian if missing.
+tools: tools/node_modules/.installed
+tools/node_modules/.installed: tools/package.json tools/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }
+	cd tools && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+
 clean:
-	rm -rf $(VENV) .stamp-system $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .stamp-system $(OUT) .pytest_cache .ruff_cache tools/node_modules

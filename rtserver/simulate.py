@@ -1135,14 +1135,12 @@ def _write_dataset_files(root: Path, subject: str, group: str) -> None:
         "Name": "rtserver simulated cue-reactivity dataset",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "raw",
+        "Authors": [f"{SIMULATOR_NAME} (synthetic data, no participants)"],
         "GeneratedBy": generated_by,
     })
     readme = root / "README"
     if not readme.exists():
-        readme.write_text(
-            "Synthetic fMRI data written by `rtserver simulate`. The ground truth (planted "
-            "motion, effect sizes, ROIs, seeds) is under derivatives/simulator/.\n",
-            encoding="utf-8")
+        readme.write_text(README_TEXT, encoding="utf-8")
     _update_participants(root, subject, group)
     _write_json(root / "participants.json", {
         "participant_id": {"Description": "Simulated subject label."},
@@ -1158,8 +1156,27 @@ def _write_dataset_files(root: Path, subject: str, group: str) -> None:
         "Name": "rtserver simulator ground truth",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
+        "Authors": [f"{SIMULATOR_NAME} (synthetic data, no participants)"],
         "GeneratedBy": generated_by,
     })
+
+
+README_TEXT = """\
+Synthetic cue-reactivity fMRI dataset written by `rtserver simulate`.
+
+No person was scanned. Each subject's runs are built from the MNI152 template resampled to
+an EPI grid, with block responses to drug, food and neutral cues planted in the
+cortico-striatal regions of interest (Schaefer-200 and Tian S2 atlases), sized by the
+subject's group (participants.tsv: patients respond more to drug cues than to food cues,
+controls the other way round), and with thermal, AR(1), cardiac and respiratory noise,
+scanner drift and rigid head motion.
+
+func/ holds, per run, the BOLD image, its events (the paradigm's blocks) and the simulated
+cardiac and respiratory recordings (_physio.tsv.gz). The ground truth behind every file
+(planted motion in fMRIPrep's confound columns, effect sizes, ROI labels in EPI space,
+noise settings and the seed) is under derivatives/simulator/. The same command with the
+same seed writes the same bytes.
+"""
 
 
 def _update_participants(root: Path, subject: str, group: str) -> None:
