@@ -129,6 +129,12 @@ OTHER_ROI_AMPLITUDES = MappingProxyType({
 })
 #: Subject-to-subject standard deviation of each ROI's amplitude (percent signal change).
 SUBJECT_SD_PERCENT = 0.15
+#: Subject-to-subject standard deviation of the subject's own drug bias (percent signal
+#: change): a shift drawn once per subject, added half to the drug and taken half from the
+#: food conditions in every cue-reactive ROI. With the group means it makes the drug-bias
+#: index (drug minus food) differ between groups by about 2 standard deviations, and some
+#: subjects respond against their group, as in real cohorts.
+SUBJECT_BIAS_SD_PERCENT = 0.75
 #: Amplitudes are clipped to this range after the subject's draw.
 AMPLITUDE_RANGE_PERCENT = (0.2, 2.5)
 #: Voxel pattern inside each ROI: voxel amplitude = ROI amplitude * (1 + sd * z(x)), with z
@@ -707,10 +713,14 @@ class Activation:
         ROI name -> ``"shared"`` or ``trial_type`` -> ``(PATTERN_WAVES, 4)`` array of plane
         waves (frequency vector in cycles/mm, phase in radians) whose sum is a pattern
         field. Fields are functions of world coordinates, so every grid sees the same one.
+    bias : float
+        The subject's own drug-bias shift (percent signal change; see
+        :data:`SUBJECT_BIAS_SD_PERCENT`), already included in ``amplitudes``.
     """
 
     amplitudes: Mapping[str, Mapping[str, float]]
     waves: Mapping[str, Mapping[str, np.ndarray]]
+    bias: float = 0.0
 
     @classmethod
     def draw(cls, group: str, rng: np.random.Generator) -> Activation:
@@ -718,16 +728,19 @@ class Activation:
         trial_types = sorted(GROUP_AMPLITUDES[group])
         amplitudes: dict[str, Mapping[str, float]] = {}
         waves: dict[str, Mapping[str, np.ndarray]] = {}
+        bias = SUBJECT_BIAS_SD_PERCENT * float(rng.standard_normal())
         for name, _ in ROI_DEFINITIONS.values():
             means = group_amplitudes(group, name)
             spread = SUBJECT_SD_PERCENT * rng.standard_normal(len(trial_types))
+            if name in CUE_REACTIVE_ROIS:
+                spread += [bias_sign(t) * bias / 2.0 for t in trial_types]
             draws = np.clip([means[t] for t in trial_types] + spread,
                             *AMPLITUDE_RANGE_PERCENT)
             amplitudes[name] = MappingProxyType(
                 {t: float(a) for t, a in zip(trial_types, draws, strict=True)})
             waves[name] = MappingProxyType(
                 {key: _plane_waves(rng) for key in ("shared", *trial_types)})
-        return cls(MappingProxyType(amplitudes), MappingProxyType(waves))
+        return cls(MappingProxyType(amplitudes), MappingProxyType(waves), bias)
 
     def maps(self, phantom: Phantom, reference: Phantom | None = None) -> dict[str, np.ndarray]:
         """Per ``trial_type``, the percent signal change of every voxel of ``phantom``.
@@ -752,6 +765,11 @@ class Activation:
                 z = (field - reference_field.mean()) / reference_field.std()
                 maps[trial_type][inside] = amplitude * (1.0 + PATTERN_SD * z)
         return maps
+
+
+def bias_sign(trial_type: str) -> int:
+    """+1 for drug trial types, -1 for food ones, 0 otherwise."""
+    return {"drug": 1, "food": -1}.get(trial_type.rpartition("_")[2], 0)
 
 
 def group_amplitudes(group: str, roi: str) -> Mapping[str, float]:
@@ -1284,6 +1302,8 @@ def _truth(root: Path, paths: dict[str, Path], subject: str, group: str, seed: i
             name: {t: a for t, a in group_amplitudes(group, name).items() if t in regressors}
             for name in phantom.roi_names.values()},
         "subject_sd_percent": SUBJECT_SD_PERCENT,
+        "subject_drug_bias_percent": round(activation.bias, 6),
+        "subject_drug_bias_sd_percent": SUBJECT_BIAS_SD_PERCENT,
         "voxel_pattern": {
             "model": "voxel amplitude = ROI amplitude * (1 + sd * z), z = sum of plane "
                      "waves (shared + condition's own), mean 0 and sd 1 over the ROI",

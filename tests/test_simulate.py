@@ -27,6 +27,7 @@ from rtserver.simulate import (
     MOTION_DRIFT_MAX,
     PATTERN_SD,
     ROI_DEFINITIONS,
+    SUBJECT_BIAS_SD_PERCENT,
     SUBJECT_SD_PERCENT,
     Activation,
     SimulatedSubject,
@@ -308,7 +309,10 @@ def test_roi_labels_and_truth(patient):
         means = truth["group_amplitudes_percent"][name]
         assert planted.keys() == means.keys() == set(GROUP_AMPLITUDES["patient"])
         for trial_type, amplitude in planted.items():
-            assert abs(amplitude - means[trial_type]) < 4 * SUBJECT_SD_PERCENT
+            # The subject's drug-bias shift moves drug up and food down in cue-reactive ROIs.
+            side = {"drug": 0.5, "food": -0.5}.get(trial_type.rpartition("_")[2], 0.0)
+            shift = side * truth["subject_drug_bias_percent"] if name in CUE_REACTIVE_ROIS else 0
+            assert abs(amplitude - means[trial_type] - shift) < 4 * SUBJECT_SD_PERCENT
     assert truth["group_amplitudes_percent"]["nacc"] == dict(GROUP_AMPLITUDES["patient"])
     assert truth["noise"]["tsnr"] == 60.0 and truth["noise"]["ar_rho"] == 0.3
     assert truth["motion"]["spike_volumes"] == list(run.spike_volumes)
@@ -464,6 +468,29 @@ def test_glm_recovers_planted_amplitudes_and_group_contrast(still_runs):
                 assert found == pytest.approx(planted, abs=tolerance), (name, a, b)
                 if abs(planted) > tolerance:
                     assert np.sign(found) == np.sign(planted), (name, a, b)
+
+
+def test_subjects_vary_around_their_group_with_a_drug_bias_of_their_own():
+    """Over 400 drawn subjects, the drug-bias index (drug minus food, mean of the
+    cue-reactive ROIs) has the group means' difference and the planted spread: sd
+    sqrt(bias_sd^2 + 2 sd^2 / 4) (each ROI's own draws average over the 4 ROIs)."""
+    rng = np.random.default_rng(5)
+    index = {}
+    for group in ("patient", "control"):
+        values = []
+        for _ in range(200):
+            amplitudes = Activation.draw(group, rng).amplitudes
+            values.append(np.mean([amplitudes[r]["look_drug"] - amplitudes[r]["look_food"]
+                                   for r in CUE_REACTIVE_ROIS]))
+        index[group] = np.array(values)
+        means = GROUP_AMPLITUDES[group]
+        assert index[group].mean() == pytest.approx(means["look_drug"] - means["look_food"],
+                                                    abs=0.15)
+        spread = math.sqrt(SUBJECT_BIAS_SD_PERCENT**2 + 2 * SUBJECT_SD_PERCENT**2 / 4)
+        assert index[group].std() == pytest.approx(spread, rel=0.15)
+    # Some subjects respond against their group, as in real cohorts.
+    assert 0.05 < np.mean(index["patient"] < 0) < 0.3
+    assert 0.05 < np.mean(index["control"] > 0) < 0.3
 
 
 def test_voxel_patterns_carry_information_the_roi_mean_does_not():
