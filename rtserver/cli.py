@@ -126,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     simulate.add_argument("--cohort", metavar="P,C",
                           help="simulate P patients and C controls instead of one subject")
-    simulate.add_argument("--paradigm", default="regulation",
-                          help="paradigm file or shipped name (default regulation)")
-    simulate.add_argument("--runs", type=int, default=1, help="runs per subject (default 1)")
+    simulate.add_argument("--paradigm", default="localizer,regulation",
+                          help="paradigm files or shipped names, comma-separated; each is a "
+                               "task of the session (default localizer,regulation)")
+    simulate.add_argument("--runs", type=int, default=1,
+                          help="runs of each paradigm (default 1)")
     simulate.add_argument("--shape", default="64,64,36", help="EPI matrix (default 64,64,36)")
     simulate.add_argument("--voxel", type=float, default=3.5, help="voxel size, mm (3.5)")
     simulate.set_defaults(func=cmd_simulate)
@@ -351,7 +353,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         shape = tuple(int(n) for n in args.shape.split(","))
     except ValueError:
         raise InputError(f"--shape should be three integers like 64,64,36. Got {args.shape!r}.") from None
-    common = {"paradigm": args.paradigm, "shape": shape, "voxel_size": args.voxel,
+    paradigms = [name.strip() for name in args.paradigm.split(",") if name.strip()]
+    common = {"paradigm": paradigms, "shape": shape, "voxel_size": args.voxel,
               "n_runs": args.runs}
     if args.cohort:
         try:

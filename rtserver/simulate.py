@@ -71,6 +71,9 @@ from rtserver.rigid import (
 
 logger = logging.getLogger(__name__)
 
+#: A paradigm (shipped name, file or object) or a sequence of them.
+ParadigmChoice = str | Path | Paradigm | Sequence[str | Path | Paradigm]
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TEMPLATE_FILE = DATA_DIR / "mni152" / "MNI152_T1_3mm.nii.gz"
 TEMPLATE_MASK_FILE = DATA_DIR / "mni152" / "MNI152_T1_3mm_brain_mask.nii.gz"
@@ -198,6 +201,8 @@ class SimulatedRun:
     ----------
     run : int
         Run number (1-based, the BIDS ``run-<n>``).
+    task : str
+        BIDS task label (the paradigm's ``task``).
     bold, sidecar, events : Path
         Raw BIDS: the 4D int16 image, its JSON sidecar and the events table.
     physio, physio_sidecar : Path
@@ -211,6 +216,7 @@ class SimulatedRun:
     """
 
     run: int
+    task: str
     bold: Path
     sidecar: Path
     events: Path
@@ -238,9 +244,10 @@ class SimulatedSubject:
     seed : int
         The seed the subject was simulated with.
     task : str
-        BIDS task label of the runs.
+        BIDS task label of the first paradigm's runs.
     runs : tuple of SimulatedRun
-        One entry per run.
+        One entry per run, paradigm by paradigm (for example the localizer's runs, then
+        the regulation runs).
     """
 
     root: Path
@@ -249,6 +256,10 @@ class SimulatedSubject:
     seed: int
     task: str
     runs: tuple[SimulatedRun, ...]
+
+    def runs_of(self, task: str) -> tuple[SimulatedRun, ...]:
+        """The runs of one task, in run order."""
+        return tuple(run for run in self.runs if run.task == task)
 
 
 @dataclass(frozen=True)
@@ -283,7 +294,7 @@ class Phantom:
 
 # ---------------------------------------------------------------------------- public API
 def simulate_subject(out_dir: str | Path, subject: str, group: str, seed: int, *,
-                     paradigm: str | Path | Paradigm = "regulation",
+                     paradigm: ParadigmChoice = "regulation",
                      shape: Sequence[int] = (64, 64, 36), voxel_size: float = 3.5,
                      n_runs: int = 1, motion_scale: float = 1.0,
                      progress: bool = False) -> SimulatedSubject:
@@ -299,14 +310,18 @@ def simulate_subject(out_dir: str | Path, subject: str, group: str, seed: int, *
         Sets the response amplitudes (:data:`GROUP_AMPLITUDES`).
     seed : int
         Non-negative seed. Together with ``subject`` it fixes every random draw.
-    paradigm : str, Path or Paradigm
-        A shipped paradigm's name, a paradigm file, or a :class:`~rtserver.paradigm.Paradigm`.
+    paradigm : str, Path, Paradigm or a sequence of them
+        A shipped paradigm's name, a paradigm file, or a :class:`~rtserver.paradigm.Paradigm`;
+        a sequence (``("localizer", "regulation")``) writes a session with ``n_runs`` runs
+        of each task. The subject's responses are the same in every run; noise, physiology
+        and motion are each run's own.
     shape : sequence of 3 int
         EPI grid shape.
     voxel_size : float
         Isotropic voxel size (mm).
     n_runs : int
-        Number of runs (``run-1`` ... ``run-<n_runs>``), each with its own noise and motion.
+        Runs per paradigm (``run-1`` ... ``run-<n_runs>``), each with its own noise and
+        motion.
     motion_scale : float
         Multiplies the planted head motion; 0 gives a motionless head.
     progress : bool
@@ -329,26 +344,27 @@ def simulate_subject(out_dir: str | Path, subject: str, group: str, seed: int, *
     voxel_size = _check_positive("voxel_size", voxel_size)
     n_runs = _check_int("n_runs", n_runs, minimum=1)
     motion_scale = _check_non_negative("motion_scale", motion_scale)
-    if not isinstance(paradigm, Paradigm):
-        paradigm = Paradigm.from_file(paradigm)
+    paradigms = _load_paradigms(paradigm)
     root = _check_out_dir(out_dir)
 
     phantom = build_phantom(shape, voxel_size)
     _write_dataset_files(root, subject, group)
-    subject_seeds, *seeds = np.random.SeedSequence(
-        [seed, *subject.encode("ascii")]).spawn(n_runs + 1)
+    (subject_seeds,) = np.random.SeedSequence([seed, *subject.encode("ascii")]).spawn(1)
     activation = Activation.draw(group, np.random.default_rng(subject_seeds))
-    runs = tuple(
-        _simulate_run(root, subject, group, seed, run, paradigm, phantom, activation,
-                      motion_scale, np.random.default_rng(seeds[run - 1]), progress)
-        for run in range(1, n_runs + 1)
-    )
+    runs = []
+    for each in paradigms:
+        # Each task's runs have seeds of their own, so that no two runs share noise.
+        seeds = np.random.SeedSequence(
+            [seed, *subject.encode("ascii"), 0, *each.task.encode("ascii")]).spawn(n_runs)
+        runs += [_simulate_run(root, subject, group, seed, run, each, phantom, activation,
+                               motion_scale, np.random.default_rng(seeds[run - 1]), progress)
+                 for run in range(1, n_runs + 1)]
     return SimulatedSubject(root=root, subject=subject, group=group, seed=seed,
-                            task=paradigm.task, runs=runs)
+                            task=paradigms[0].task, runs=tuple(runs))
 
 
 def simulate_cohort(out_dir: str | Path, n_patients: int, n_controls: int, seed: int, *,
-                    paradigm: str | Path | Paradigm = "regulation",
+                    paradigm: ParadigmChoice = "regulation",
                     shape: Sequence[int] = (64, 64, 36), voxel_size: float = 3.5,
                     n_runs: int = 1, motion_scale: float = 1.0,
                     progress: bool = True) -> tuple[SimulatedSubject, ...]:
@@ -384,8 +400,7 @@ def simulate_cohort(out_dir: str | Path, n_patients: int, n_controls: int, seed:
     n_controls = _check_int("n_controls", n_controls, minimum=0)
     if n_patients + n_controls == 0:
         raise InputError("A cohort needs at least one subject. Got 0 patients and 0 controls.")
-    if not isinstance(paradigm, Paradigm):
-        paradigm = Paradigm.from_file(paradigm)
+    paradigm = _load_paradigms(paradigm)
     width = max(2, len(str(max(n_patients, n_controls))))
     plan = [(f"P{i:0{width}d}", "patient") for i in range(1, n_patients + 1)]
     plan += [(f"C{i:0{width}d}", "control") for i in range(1, n_controls + 1)]
@@ -842,7 +857,7 @@ def _simulate_run(root: Path, subject: str, group: str, seed: int, run: int,
                    regressors,
                    params, spikes, centre, drift, noise, motion_scale)
     _write_json(paths["truth"], truth)
-    return SimulatedRun(run=run, spike_volumes=spikes, **paths)
+    return SimulatedRun(run=run, task=paradigm.task, spike_volumes=spikes, **paths)
 
 
 class _Renderer:
@@ -1354,6 +1369,18 @@ def _truth(root: Path, paths: dict[str, Path], subject: str, group: str, seed: i
 
 
 # ---------------------------------------------------------------------------- checks
+def _load_paradigms(paradigm: object) -> tuple[Paradigm, ...]:
+    """One or several paradigms (names, files or objects), with distinct tasks."""
+    items = [paradigm] if isinstance(paradigm, str | Path | Paradigm) else list(paradigm)
+    if not items:
+        raise InputError("paradigm should name at least one paradigm.")
+    paradigms = tuple(p if isinstance(p, Paradigm) else Paradigm.from_file(p) for p in items)
+    tasks = [p.task for p in paradigms]
+    if len(set(tasks)) != len(tasks):
+        raise InputError(f"paradigms should have distinct tasks. Got {tasks}.")
+    return paradigms
+
+
 def _check_subject(subject: object) -> str:
     if not isinstance(subject, str):
         raise InputError(f"subject should be a text label such as 'P01'. Got {subject!r}.")

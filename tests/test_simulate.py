@@ -209,6 +209,28 @@ def test_cohort_reproduces_single_subjects_and_lists_participants(tmp_path, tiny
     assert not np.array_equal(load_data(cohort[1].runs[0].bold), c02[0])
 
 
+def test_session_of_two_tasks_shares_responses_not_noise(tmp_path, tiny_paradigm):
+    """A localizer-like and a regulation-like task of one subject: the same planted
+    responses (the subject's), different noise and motion, and each task alone reproduces
+    its runs byte for byte."""
+    other = tmp_path / "other.toml"
+    other.write_text(TINY_PARADIGM.replace('task = "tiny"', 'task = "other"'), encoding="utf-8")
+    kwargs = {"shape": SMALL, "voxel_size": VOXEL}
+    session = simulate_subject(tmp_path / "both", "P01", "patient", 4,
+                               paradigm=[tiny_paradigm, other], **kwargs)
+    assert [(run.task, run.run) for run in session.runs] == [("tiny", 1), ("other", 1)]
+    (tiny,), (second,) = session.runs_of("tiny"), session.runs_of("other")
+    assert second.bold.name == "sub-P01_task-other_run-1_bold.nii.gz"
+    assert (read_json(tiny.truth)["amplitudes_percent"]
+            == read_json(second.truth)["amplitudes_percent"])
+    assert not np.array_equal(load_data(tiny.bold), load_data(second.bold))
+    alone = simulate_subject(tmp_path / "alone", "P01", "patient", 4, paradigm=other, **kwargs)
+    assert alone.runs[0].bold.read_bytes() == second.bold.read_bytes()
+    with pytest.raises(InputError, match="distinct tasks"):
+        simulate_subject(tmp_path / "twice", "P01", "patient", 4,
+                         paradigm=[tiny_paradigm, tiny_paradigm], **kwargs)
+
+
 # ---------------------------------------------------------------------------- format
 def test_bold_image_has_requested_geometry(patient):
     run = patient.runs[0]
@@ -677,3 +699,23 @@ def test_nilearn_first_level_model_recovers_planted_roi_effects(still_runs):
                 planted = truth[name][a] - truth[name][b]
                 if abs(planted) > tolerance:
                     assert np.sign(found[a] - found[b]) == np.sign(planted), (name, a, b)
+
+
+# ---------------------------------------------------------------------------- command line
+def test_command_line_writes_a_localizer_and_a_regulation_run(tmp_path, capsys):
+    from rtserver.cli import main
+
+    out = tmp_path / "bids"
+    assert main(["simulate", "--out", str(out), "--subject", "07", "--group", "control",
+                 "--seed", "3", "--shape", "40,48,30"]) == 0
+    func = out / "sub-07" / "func"
+    for task, paradigm in (("localizer", "localizer"), ("regulation", "regulation")):
+        image = nib.load(func / f"sub-07_task-{task}_run-1_bold.nii.gz")
+        assert image.shape == (40, 48, 30, Paradigm.from_file(paradigm).n_volumes)
+    assert read_tsv(out / "participants.tsv") == [{"participant_id": "sub-07",
+                                                   "group": "control"}]
+    capsys.readouterr()
+    assert main(["simulate", "--out", str(out), "--paradigm", "localizer,nosuch"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("rtserver: error: No paradigm file 'nosuch'")
+    assert "\n" not in error and "Traceback" not in error
