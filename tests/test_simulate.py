@@ -474,7 +474,11 @@ def test_hrf_regressors_match_an_independent_convolution():
 
 # ---------------------------------------------------------------------------- signal
 def test_glm_recovers_planted_amplitudes_and_group_contrast(still_runs):
-    tolerance = 0.25  # percent signal change; estimation sd is about 0.05 to 0.1
+    # Percent signal change. benchmarks/simulator_validation.py measures an RMS error of
+    # 0.02-0.14 per effect depending on the ROI (largest beside the ventricles, where the
+    # cardiac noise is); the tolerances are about 3 of those sd, for an effect and for a
+    # difference of two.
+    tolerance, contrast_tolerance = 0.3, 0.4
     for subject in still_runs.values():
         run = subject.runs[0]
         truth = read_json(run.truth)["amplitudes_percent"]
@@ -487,8 +491,8 @@ def test_glm_recovers_planted_amplitudes_and_group_contrast(still_runs):
             for a, b in (("look_drug", "look_food"), ("reappraise_drug", "savor_food")):
                 planted = truth[name][a] - truth[name][b]
                 found = estimate[a] - estimate[b]
-                assert found == pytest.approx(planted, abs=tolerance), (name, a, b)
-                if abs(planted) > tolerance:
+                assert found == pytest.approx(planted, abs=contrast_tolerance), (name, a, b)
+                if abs(planted) > contrast_tolerance:
                     assert np.sign(found) == np.sign(planted), (name, a, b)
 
 
