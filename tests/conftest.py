@@ -24,6 +24,35 @@ TRUNCATED_DICOM = DATA / "siemens_mosaic_skyra_10vol_truncated_001_000013_000005
 SHARED_DATA = TESTS.parent.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 
+#: A 28 s run: fixation, a drug-cue block, fixation, a food-savoring block, fixation.
+TINY_PARADIGM = """
+name = "tiny"
+task = "tiny"
+tr = 2.0
+
+[[blocks]]
+condition = "fixation"
+duration = 4.0
+
+[[blocks]]
+condition = "look"
+cue = "drug"
+duration = 8.0
+
+[[blocks]]
+condition = "fixation"
+duration = 4.0
+
+[[blocks]]
+condition = "savor"
+cue = "food"
+duration = 8.0
+
+[[blocks]]
+condition = "fixation"
+duration = 4.0
+"""
+
 
 def command(name: str) -> str:
     """Path of one of this project's console scripts in the running environment."""
@@ -120,3 +149,11 @@ def processes():
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture(scope="module")
+def tiny_paradigm(tmp_path_factory) -> Path:
+    """:data:`TINY_PARADIGM` as a file."""
+    path = tmp_path_factory.mktemp("paradigm") / "tiny.toml"
+    path.write_text(TINY_PARADIGM, encoding="utf-8")
+    return path

@@ -17,22 +17,6 @@ from rtserver.simulate import simulate_subject
 VALIDATOR = Path(__file__).resolve().parent.parent / "tools" / "node_modules" / ".bin" / \
     "bids-validator"
 
-TINY = """
-name = "tiny"
-task = "tiny"
-tr = 2.0
-[[blocks]]
-condition = "fixation"
-duration = 4.0
-[[blocks]]
-condition = "look"
-cue = "drug"
-duration = 6.0
-[[blocks]]
-condition = "savor"
-cue = "food"
-duration = 6.0
-"""
 
 pytestmark = pytest.mark.skipif(not VALIDATOR.exists(),
                                 reason="bids-validator is not installed; `make tools` "
@@ -51,14 +35,12 @@ def validate(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
+def dataset(tmp_path_factory, tiny_paradigm) -> Path:
     """Two subjects, one of each group, two runs each, on a small grid."""
     root = tmp_path_factory.mktemp("bids")
-    paradigm = root.parent / "tiny.toml"
-    paradigm.write_text(TINY, encoding="utf-8")
     for subject, group, seed in (("P01", "patient", 1), ("C01", "control", 2)):
-        simulate_subject(root, subject, group, seed, paradigm=paradigm, shape=(40, 48, 30),
-                         n_runs=2)
+        simulate_subject(root, subject, group, seed, paradigm=tiny_paradigm,
+                         shape=(40, 48, 30), n_runs=2)
     return root
 
 

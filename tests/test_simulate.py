@@ -42,39 +42,14 @@ from rtserver.simulate import (
     simulate_subject,
 )
 
+from .conftest import TINY_PARADIGM
+
 ROI_NAMES = [name for name, _ in ROI_DEFINITIONS.values()]
 #: A grid smaller than the default, still covering the ROIs, to keep the tests fast.
 SMALL = (40, 48, 30)
 VOXEL = 3.5
 MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
                   "framewise_displacement"]
-TINY_PARADIGM = """
-name = "tiny"
-task = "tiny"
-tr = 2.0
-
-[[blocks]]
-condition = "fixation"
-duration = 4.0
-
-[[blocks]]
-condition = "look"
-cue = "drug"
-duration = 8.0
-
-[[blocks]]
-condition = "fixation"
-duration = 4.0
-
-[[blocks]]
-condition = "savor"
-cue = "food"
-duration = 8.0
-
-[[blocks]]
-condition = "fixation"
-duration = 4.0
-"""
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -140,13 +115,6 @@ def blob(shape: tuple[int, int, int], centre_ijk: np.ndarray, sigma: float) -> n
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tiny_paradigm(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("paradigm") / "tiny.toml"
-    path.write_text(TINY_PARADIGM, encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def patient(tmp_path_factory) -> SimulatedSubject:
     """A patient's regulation run with motion."""
