@@ -487,6 +487,9 @@ class FeedbackDisplay:
             return
         if self._t0 is None:
             if self.options.start_on == "trigger":
+                if self._counts["before_start"] == 0:
+                    log.info("ignored feedback for volume %d: the run waits for the trigger",
+                             item.volume)
                 self._counts["before_start"] += 1
                 return
             self._start(arrival.t_arrival - item.volume * self.paradigm.tr, "server",
@@ -639,9 +642,7 @@ class FeedbackDisplay:
         after the start. Each frame is the next one, unless a late frame makes the coming
         flip due for a later number (the count then skips, never falling behind the
         scanner). The first frame after the start is the one due at its flip."""
-        t_next = time.monotonic()
-        if self._last_flip is not None:
-            t_next = max(t_next, self._last_flip + self._period)
+        t_next = self._pacer.next_flip(time.monotonic(), self._period)
         due = round((t_next - self._schedule_t0) / self._period)
         self._frame = max(self._frame + 1, due, 0)
 
@@ -804,13 +805,12 @@ class FeedbackDisplay:
             self._shot_after_settle = None
 
     def _end_blocks(self) -> None:
+        """The run's rows end at the next flip (the rating after it), or when the display
+        stops; rows queued for a frame that was never flipped are dropped."""
         if self._rating is not None:
             self._close_block_rating()
-        t_end = self._last_flip
-        for kind in list(self._open_rows):
-            if kind != "rating":
-                self._end_row(kind, t_end)
-        self._changes = [change for change in self._changes if change[0] == "rating"]
+        self._changes = [(kind, None) for kind, _ in self._changes]
+        self._changes += [(kind, None) for kind in self._open_rows]
 
     # ----------------------------------------------------------------- rows and outputs
     def _end_row(self, kind: str, t_end: float) -> None:
@@ -842,9 +842,10 @@ class FeedbackDisplay:
             self._counts["screenshots"] += 1
 
     def _finish(self, ended_by: str) -> dict[str, Any]:
-        if self._last_flip is not None:
-            for kind in list(self._open_rows):
-                self._end_row(kind, self._last_flip)
+        t_end = time.monotonic()  # what is on screen stays there until now
+        for kind in list(self._open_rows):
+            self._end_row(kind, t_end)
+        self._changes.clear()
         summary = self._summary(ended_by)
         if self.options.out is not None:
             if self._events_log is not None:

@@ -139,6 +139,19 @@ def test_pacer_restarts_its_schedule_after_a_long_stall():
     assert min(np.diff(flips)) == pytest.approx(1 / 60)
 
 
+def test_pacer_predicts_the_coming_flip():
+    clock = FakeClock()
+    software = FramePacer(60.0, mode="software", clock=clock, sleep=clock.sleep)
+    flips = run_frames(software, clock, 5, flip_cost=0.0005)
+    # The schedule's next deadline; the flip comes right after it.
+    assert software.next_flip(clock.now + 0.001) == pytest.approx(flips[0] - 0.0005 + 5 / 60)
+    assert software.next_flip(clock.now + 0.5) == clock.now + 0.5  # late: at once
+    vsync = FramePacer(60.0, mode="vsync", clock=clock, sleep=clock.sleep)
+    flips = run_frames(vsync, clock, 3, flip_cost=1 / 60 - 0.002)
+    assert vsync.next_flip(flips[-1] + 0.002) == pytest.approx(flips[-1] + 1 / 60)
+    assert vsync.next_flip(flips[-1] + 0.02, period=0.0166) == pytest.approx(flips[-1] + 0.0332)
+
+
 def test_interval_stats_match_numpy_and_count_dropped_frames():
     rng = np.random.default_rng(0)
     intervals = np.concatenate([rng.normal(16.7, 0.4, 1000), [30.0, 41.2, 400.0]])
