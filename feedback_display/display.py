@@ -383,6 +383,7 @@ class FeedbackDisplay:
         self._last_volume = -1
         self._last_arrival: float | None = None
         self._latest: FeedbackEvent | None = None
+        self._shown: FeedbackEvent | None = None  # the value the bar moves to or shows
         self._latest_arrival = 0.0
         self._new_event = False
         self._stale = False
@@ -676,6 +677,7 @@ class FeedbackDisplay:
         for kind in ("cue", "feedback"):
             self._changes.append((kind, None))
         self._showing = None
+        self._shot_after_settle = None
         self._cue = None
         if self._rating is not None:
             self._close_block_rating()
@@ -782,12 +784,19 @@ class FeedbackDisplay:
             self._new_event = False
             value = self._animator.step()
             screens.thermometer.draw(value, NEUTRAL_FILL, block.target)
+        elif self._new_event and self._showing == "value" and self._shot_after_settle:
+            # A value came before the bar settled on the previous one (a replay faster than
+            # real time): grab the previous value's screenshot now, move on next frame.
+            self._shots.append(self._shot_after_settle)
+            self._shot_after_settle = None
+            self._draw_value(block)
         else:
             if self._new_event or self._showing != "value":
                 if self._new_event:  # arrived now, not before the block
                     self._latency.add((time.monotonic() - self._latest_arrival) * 1000.0)
                 self._showing = "value"
                 self._new_event = False
+                self._shown = event
                 self._counts["shown"] += 1
                 self._animator.set_target(event.value)
                 self._changes.append(("feedback", {
@@ -795,14 +804,18 @@ class FeedbackDisplay:
                     "frame": self._frame, "volume": event.volume, "value": event.value,
                     "censored": event.censored}))
                 self._shot_after_settle = screenshot_name(event.volume)[:-4]
-            value = self._animator.step()
-            color = CENSORED_FILL if event.censored else FILL
-            screens.thermometer.draw(value, color, block.target)
-            if event.censored:
-                screens.hold_still.draw()
+            self._draw_value(block)
         if self._animator.settled and self._shot_after_settle is not None:
             self._shots.append(self._shot_after_settle)
             self._shot_after_settle = None
+
+    def _draw_value(self, block: Block) -> None:
+        """The thermometer moving toward the value shown, grey and "Hold still" if censored."""
+        value = self._animator.step()
+        censored = self._shown.censored
+        self.screens.thermometer.draw(value, CENSORED_FILL if censored else FILL, block.target)
+        if censored:
+            self.screens.hold_still.draw()
 
     def _end_blocks(self) -> None:
         """The run's rows end at the next flip (the rating after it), or when the display
