@@ -559,8 +559,8 @@ class FeedbackDisplay:
     def _handle_rating_keys(self, rating: _Rating, keys: list[tuple[str, float]]) -> None:
         opts = self.options
         for key, t_key in keys:
-            if rating.confirmed or rating.t_onset is None:
-                continue
+            if rating.confirmed or rating.t_onset is None or t_key < rating.t_onset:
+                continue  # answered, or pressed before the scale was on screen
             if key in opts.left_keys:
                 rating.position = max(0.0, rating.position - opts.rating_step)
             elif key in opts.right_keys:
@@ -633,6 +633,7 @@ class FeedbackDisplay:
                 t_flip = self._present()
                 if self._rating is not None and self._rating.t_onset is None:
                     self._rating.t_onset = t_flip
+                    log.info("rating: the rating scale is shown")
         finally:
             self._end_blocks()
             self._in_run = False

@@ -258,7 +258,7 @@ def test_target_direction_follows_the_strategy():
     assert Paradigm.from_dict(flipped).blocks[0].target == "up"
 
 
-@pytest.mark.parametrize("name", ["regulation", "localizer"])
+@pytest.mark.parametrize("name", ["regulation", "regulation_intermittent", "localizer"])
 def test_shipped_paradigms_rate_craving_before_and_after_the_run(name):
     paradigm = Paradigm.from_file(name)
     assert paradigm.ratings.before and paradigm.ratings.after

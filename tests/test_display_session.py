@@ -102,6 +102,11 @@ condition = "look"
 cue = "neutral"
 duration = 1.0
 instruction = "LOOK at the pictures and respond naturally."
+
+[[blocks]]
+condition = "rating"
+duration = 2.0
+instruction = "How strong is your craving for drugs right now?"
 """
 # (volume, value, censored) shown in the reappraise block (volumes 2-21), in this order;
 # the server disappears after volume 6 and is back for volume 7.
@@ -151,7 +156,10 @@ def session(tmp_path_factory):
         send(26, 0.5)  # the fixation block after it: the intermittent result
         display.wait_for(r"screenshot .*intermittent-03")
         display.wait_for(r"screenshot block-05-look_neutral")
-        xpub.send_multipart(protocol.encode_run_end(31))
+        display.wait_for(r"rating: the rating scale is shown")  # a rating inside the run
+        press("Right", "space")
+        display.wait_for(r"rating: 55$")
+        xpub.send_multipart(protocol.encode_run_end(35))
         display.wait_for(r"rating_after: the rating scale is shown")
         press("Left", "Left", "space")  # 50 -> 40, confirmed
         code, stderr = display.finish(timeout=60.0)
@@ -266,7 +274,17 @@ def test_ratings_before_and_after_the_run_are_recorded(session):
     for row in rows.values():
         assert 0 < float(row["response_time"]) < 60
     answers = [(r["trial_type"], r["response"]) for r in session.summary["ratings"]]
-    assert answers == [("rating_before", 60.0), ("rating_after", 40.0)]
+    assert answers == [("rating_before", 60.0), ("rating", 55.0), ("rating_after", 40.0)]
+
+
+def test_a_rating_block_inside_the_run_records_its_answer_in_the_block_row(session):
+    row, = [row for row in session.rows if row["trial_type"] == "rating"]
+    assert (row["block"], float(row["response"])) == ("6", 55.0)
+    assert 0 < float(row["response_time"]) < 2.0
+    assert float(row["duration"]) == pytest.approx(2.0, abs=2 * FRAME)
+    image = shot(session, "block-06-rating")
+    assert ink(image, -360, 360, -1, 1, SCALE_LINE, 10) > 2 * 690
+    assert measure_bar(image) is None
 
 
 def test_events_list_each_value_shown_and_the_neutral_period(session):
@@ -483,5 +501,5 @@ def test_no_start_within_the_timeout_is_one_line_error(tmp_path):
 def test_screenshot_files_are_named_after_what_they_show(session):
     names = {path.name for path in session.shots.iterdir()}
     assert {"rating-before.png", "rating-after.png", "block-01-fixation.png",
-            "intermittent-03.png"} <= names
+            "intermittent-03.png", "block-06-rating.png"} <= names
     assert all(Path(name).suffix == ".png" for name in names)
