@@ -25,6 +25,7 @@ start time. Escape ends any phase; everything shown so far is written.
 from __future__ import annotations
 
 import bisect
+import gc
 import importlib.metadata
 import logging
 import math
@@ -331,6 +332,10 @@ class FeedbackDisplay:
 
         self._event_module = psychopy_event
         self._psychopy_offset = time.monotonic() - core.getTime()
+        # Everything built so far (PsychoPy, the stimuli) lives for the whole run: leave it
+        # out of garbage collections, whose pauses would otherwise grow with it.
+        gc.collect()
+        gc.freeze()
         self._reset_state()
         psychopy_event.clearEvents()
         subscriber = FeedbackSubscriber(self.server)

@@ -216,9 +216,13 @@ def load_pictures(win: Any, pictures: dict[str, list[Path]]) -> dict[str, list[C
                     rgb = image.convert("RGB")
             except (OSError, UnidentifiedImageError) as exc:
                 raise OSError(f"Cannot read cue picture {path}: {exc}") from None
+            # Scaled once here, with a good filter, to the pixels it covers on screen: drawn
+            # 1:1 it needs no filtering per frame (cheap even for software OpenGL).
             size = fitted_size(*rgb.size)
+            if size != rgb.size:
+                rgb = rgb.resize(size, Image.Resampling.LANCZOS)
             stimulus = visual.ImageStim(win, image=rgb, size=size, units="pix",
-                                        pos=PICTURE_POS_ALONE, interpolate=True, autoLog=False)
+                                        pos=PICTURE_POS_ALONE, interpolate=False, autoLog=False)
             loaded[category].append(CuePicture(path=path, category=category, stimulus=stimulus))
     return loaded
 

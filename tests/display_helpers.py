@@ -149,7 +149,7 @@ def picture_difference(image: np.ndarray, category: str, index: int,
 
     width, height = PICTURE_BOX  # the 320x240 placeholders fill the box exactly (x1.5)
     expected = np.asarray(Image.fromarray(placeholder_image(category, index))
-                          .resize((width, height), Image.Resampling.BILINEAR)).astype(int)
+                          .resize((width, height), Image.Resampling.LANCZOS)).astype(int)
     top, left = to_image(centre[0] - width / 2, centre[1] + height / 2, image)
     shown = image[top:top + height, left:left + width].astype(int)
     margin = 8

@@ -195,7 +195,7 @@ def test_instruction_and_drug_cue_screen(session):
     # The first drug placeholder, left of the thermometer, pixel for pixel (up to scaling).
     drug = picture_difference(image, "drug", 0, PICTURE_POS_WITH_THERMOMETER)
     food = picture_difference(image, "food", 0, PICTURE_POS_WITH_THERMOMETER)
-    assert drug < 3 and food > 20, (drug, food)
+    assert drug < 1 and food > 20, (drug, food)
     # The target: an arrow pointing down, by the tube's bottom; none by its top.
     bar = measure_bar(image)
     assert bar is not None and bar.inner_height == TUBE_HEIGHT
@@ -215,7 +215,7 @@ def test_food_cue_screen_without_feedback_during_an_intermittent_block(session):
     image = shot(session, "block-03-savor_food")
     food = picture_difference(image, "food", 0, PICTURE_POS_ALONE)
     neutral = picture_difference(image, "neutral", 0, PICTURE_POS_ALONE)
-    assert food < 3 and neutral > 20, (food, neutral)
+    assert food < 1 and neutral > 20, (food, neutral)
     assert measure_bar(image) is None  # intermittent: no thermometer during the block
 
 
@@ -436,7 +436,11 @@ def test_replayed_session_onsets_and_values(tmp_path, processes):
     continuous = {v for v in range(paradigm.n_volumes)
                   if paradigm.block_of_volume(v).feedback == "continuous"}
     assert len(continuous - {int(row["volume"]) for row in drawn}) <= 2
-    assert summary["dropped_frames"] <= 0.02 * summary["n_frames"], summary
+    # Frame timing: Xvfb has no vsync and this machine is shared, so a late frame now and
+    # then is not the display's doing; the schedule above is what must hold. Here only a
+    # systematic failure (frames at half rate, a stalled loop) fails.
+    assert summary["frame_interval_ms_median"] == pytest.approx(1000 * FRAME, abs=1.0)
+    assert summary["dropped_frames"] <= 0.1 * summary["n_frames"], summary
 
 
 # ----------------------------------------------------------------------------- trigger
