@@ -32,6 +32,7 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,7 +368,10 @@ class FeedbackDisplay:
                 return "no_start"
             ended_by = self._run_paradigm()
             if ratings.after and not skip:
-                self._rate_outside_run("rating_after")
+                try:
+                    self._rate_outside_run("rating_after")
+                except _Stop as stop:  # the run itself was complete
+                    log.info("the rating after the run was ended by %s", stop.reason)
             return ended_by
         except _Stop as stop:
             return stop.reason
@@ -396,6 +400,7 @@ class FeedbackDisplay:
         self._in_run = False
         self._n_run_frames = 0
         self._last_flip: float | None = None
+        self._refresh_intervals: deque[float] = deque(maxlen=600)
         self._changes: list[tuple[str, dict[str, Any] | None]] = []
         self._open_rows: dict[str, dict[str, Any]] = {}
         self._early_rows: list[dict[str, Any]] = []  # finished before the start (t0 unknown)
@@ -424,6 +429,8 @@ class FeedbackDisplay:
             if self._n_run_frames > 0:
                 self._frames.add((t_flip - self._last_flip) * 1000.0)
             self._n_run_frames += 1
+        elif self._last_flip is not None and self._pacer.paced_by == "vsync":
+            self._refresh_intervals.append(t_flip - self._last_flip)
         self._last_flip = t_flip
         for kind, row in self._changes:
             self._end_row(kind, t_flip)
@@ -433,21 +440,24 @@ class FeedbackDisplay:
         return t_flip
 
     def _calibrate_pacing(self) -> None:
-        """Flip the waiting screen until the pacer knows whether the screen has vsync, and
-        measure the refresh period the run's frames are counted in."""
-        intervals = []
+        """Flip the waiting screen until the pacer knows whether the screen has vsync.
+
+        With vsync, the frames before the run (this, the rating, the wait for the trigger)
+        measure the refresh period the run's frames are counted in (:meth:`_measure_period`).
+        """
         while not self._pacer.calibrated:
             self._check_keys()
             self.screens.waiting.draw()
-            before = self._last_flip
-            t_flip = self._present()
-            if before is not None:
-                intervals.append(t_flip - before)
-        if self._pacer.paced_by == "vsync" and intervals:
-            intervals.sort()
+            self._present()
+        log.debug("frames paced by %s", self._pacer.paced_by)
+
+    def _measure_period(self) -> None:
+        """The median refresh interval before the run (vsync), else the nominal period."""
+        intervals = sorted(self._refresh_intervals)
+        if self._pacer.paced_by == "vsync" and len(intervals) >= 10:
             self._period = intervals[len(intervals) // 2]
-        log.debug("frames paced by %s, period %.3f ms", self._pacer.paced_by,
-                  self._period * 1000)
+        log.info("frames counted at %.3f Hz (%s)", 1.0 / self._period,
+                 "measured" if self._pacer.paced_by == "vsync" else "software pacing")
 
     def _frames_of(self, seconds: float) -> int:
         return max(1, round(seconds / self._period))
@@ -606,6 +616,7 @@ class FeedbackDisplay:
 
     # ----------------------------------------------------------------- the paradigm
     def _run_paradigm(self) -> str:
+        self._measure_period()
         blocks = self.paradigm.blocks
         self._block_frames = [round(b.onset / self._period) for b in blocks]
         end_frame = round(self.paradigm.duration / self._period)
@@ -646,12 +657,13 @@ class FeedbackDisplay:
 
     def _next_frame(self) -> None:
         """Number the frame about to be drawn: frame ``n`` is meant to flip ``n`` periods
-        after the start. Each frame is the next one, unless a late frame makes the coming
-        flip due for a later number (the count then skips, never falling behind the
-        scanner). The first frame after the start is the one due at its flip."""
+        after the start, so the number is that of the coming flip's time. Frames normally
+        count up one by one; a late frame makes the count skip the frames it lasted, so the
+        schedule never falls behind the scanner, and a measured period a little off cannot
+        make it drift either way."""
         t_next = self._pacer.next_flip(time.monotonic(), self._period)
         due = round((t_next - self._schedule_t0) / self._period)
-        self._frame = max(self._frame + 1, due, 0)
+        self._frame = max(self._frame, due, 0)
 
     def _realign(self, volume: int) -> None:
         """Server-started runs: a volume well ahead of the schedule moves it forward."""
