@@ -748,7 +748,10 @@ class FeedbackDisplay:
         block = self.paradigm.blocks[self._block_index]
         screens = self.screens
         if self._rating is not None:
-            screens.rating.draw(self._rating.position, self._rating.confirmed)
+            if block.instruction:
+                screens.instructions[block.instruction].draw()
+            screens.rating.draw(self._rating.position, self._rating.confirmed,
+                                question=not block.instruction)
             return
         screens.instructions[block.instruction or block.condition.upper()].draw()
         thermometer = block.feedback == "continuous" or self._intermittent is not None

@@ -174,9 +174,12 @@ class RatingScaleDisplay:
         self._marker = _rect(win, *MARKER_SIZE, (0, 0), MARKER)
         self._confirmed: bool | None = None
 
-    def draw(self, position: float, confirmed: bool = False) -> None:
-        """Draw the scale with its marker at ``position`` (0-100); blue once confirmed."""
-        for part in (self._question, self._line, *self._ticks, *self._labels):
+    def draw(self, position: float, confirmed: bool = False, question: bool = True) -> None:
+        """Draw the scale with its marker at ``position`` (0-100), blue once confirmed; with
+        its question unless ``question`` is False (a rating block shows its instruction)."""
+        if question:
+            self._question.draw()
+        for part in (self._line, *self._ticks, *self._labels):
             part.draw()
         if not confirmed:
             self._hint.draw()

@@ -420,3 +420,13 @@ def test_no_screen_is_one_line_on_stderr():
     line = one_line_error(run_cli("--paradigm", "regulation", "--windowed",
                                   env=without_screen()))
     assert "Cannot open a window" in line
+
+
+def test_yaml_paradigm_reads_like_toml(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    raw = {**MINIMAL, "ratings": {"before": True, "max_seconds": 8.0},
+           "display": {"pictures": "cues", "cue_seconds": 2.0}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    read = Paradigm.from_file(tmp_path / "run.yaml")
+    assert read == Paradigm.from_dict(raw, source=str(tmp_path / "run.yaml"), base=tmp_path)
+    assert read.ratings.max_seconds == 8.0 and read.display.pictures == tmp_path / "cues"

@@ -284,6 +284,10 @@ def test_a_rating_block_inside_the_run_records_its_answer_in_the_block_row(sessi
     assert float(row["duration"]) == pytest.approx(2.0, abs=2 * FRAME)
     image = shot(session, "block-06-rating")
     assert ink(image, -360, 360, -1, 1, SCALE_LINE, 10) > 2 * 690
+    # The block's instruction is its question, at the top; the scale's own question is not
+    # drawn over it.
+    assert ink(image, -450, 450, INSTRUCTION_Y - 40, INSTRUCTION_Y + 40, TEXT) > 500
+    assert ink(image, -400, 400, 120, 180, TEXT) == 0
     assert measure_bar(image) is None
 
 
