@@ -42,8 +42,17 @@ def bind_xpub(context: zmq.Context, address: str = "tcp://127.0.0.1") -> tuple[z
     xpub = context.socket(zmq.XPUB)
     xpub.setsockopt(zmq.LINGER, 0)
     if address.count(":") == 2:
-        xpub.bind(address)
-        return xpub, address
+        # Rebinding the address of a socket just closed: ZeroMQ releases it on its I/O
+        # thread, so retry for a bounded time while the port is still taken.
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                xpub.bind(address)
+                return xpub, address
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                xpub.poll(50)  # an unbound socket: waits 50 ms
     port = xpub.bind_to_random_port(address)
     return xpub, f"{address}:{port}"
 
