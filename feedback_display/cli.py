@@ -1,10 +1,10 @@
 """``feedback-display``: the participant display for one run.
 
-Exit codes: 0 when the run ended (end-of-run message, Escape, SIGINT/SIGTERM); 1 when the
-server stopped talking (no event within ``--timeout`` before the run, or no message for
-``--timeout`` seconds during it; outputs up to then are written); 2 on bad input (paradigm,
-address, options) or when no window can be opened. Every error is one line on stderr,
-``feedback-display: error: ...``, never a traceback.
+Exit codes: 0 when the run ended (the paradigm's end, the server's end-of-run message,
+Escape, SIGINT/SIGTERM); 1 when the run never started (no trigger and no feedback event
+within ``--timeout``); 2 on bad input (paradigm, pictures, address, options) or when no
+window can be opened -- all checked before the window opens. Every error is one line on
+stderr, ``feedback-display: error: ...``, never a traceback.
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _keys(text: str) -> tuple[str, ...]:
+    keys = tuple(key.strip().lower() for key in text.split(",") if key.strip())
+    if not keys:
+        raise argparse.ArgumentTypeError(f"should be one or more key names, comma-separated. "
+                                         f"Got {text!r}")
+    return keys
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``feedback-display``."""
     parser = _OneLineParser(
@@ -76,8 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", type=_positive_int, default=1, metavar="N",
                         help="BIDS run number of the output names (default 1)")
     parser.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S",
-                        help="seconds to wait for the first event, and for any message once "
-                             "the run started (default 120)")
+                        help="seconds to wait for the run to start (default 120)")
+    parser.add_argument("--start-on", choices=("auto", "trigger", "server"), default="auto",
+                        help="what starts the run: the scanner's trigger key, the server's "
+                             "first feedback event (a replay), or whichever comes first "
+                             "(default auto)")
+    parser.add_argument("--trigger-key", type=_keys, default=("5",), metavar="KEYS",
+                        help="key(s) the scanner trigger arrives as, comma-separated "
+                             "(default 5)")
+    parser.add_argument("--pictures", type=Path, metavar="DIR",
+                        help="cue pictures: a folder with drug/, food/ and neutral/ "
+                             "(PNG or JPEG); default the paradigm's, else the shipped "
+                             "placeholders")
+    parser.add_argument("--left-keys", type=_keys, default=("left", "1"), metavar="KEYS",
+                        help="keys moving the rating marker left (default left,1)")
+    parser.add_argument("--right-keys", type=_keys, default=("right", "2"), metavar="KEYS",
+                        help="keys moving the rating marker right (default right,2)")
+    parser.add_argument("--confirm-keys", type=_keys, default=("space", "return", "3"),
+                        metavar="KEYS", help="keys confirming a rating (default space,return,3)")
+    parser.add_argument("--stale-after", type=_positive_float, metavar="S",
+                        help="seconds without feedback before the bar rests in its neutral "
+                             "state (default 2.5 TR)")
+    parser.add_argument("--skip-ratings", action="store_true",
+                        help="leave out the craving ratings before and after the run")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return parser
@@ -102,29 +131,39 @@ def run(args: argparse.Namespace) -> int:
     # PsychoPy is imported only now: bad input above fails fast, without opening a window.
     from feedback_display.display import DisplayOptions, FeedbackDisplay
 
-    options = DisplayOptions(
-        fullscreen=not args.windowed, timeout=args.timeout, screenshots=args.screenshots,
-        out=args.out, subject=args.subject, run=args.run,
-    )
+    try:
+        options = DisplayOptions(
+            fullscreen=not args.windowed, timeout=args.timeout, screenshots=args.screenshots,
+            out=args.out, subject=args.subject, run=args.run, start_on=args.start_on,
+            trigger_keys=args.trigger_key, left_keys=args.left_keys,
+            right_keys=args.right_keys, confirm_keys=args.confirm_keys,
+            stale_after=args.stale_after, skip_ratings=args.skip_ratings,
+            pictures=args.pictures,
+        )
+    except ValueError as exc:
+        raise _InputError(str(exc)) from None
     stop = threading.Event()
     _install_stop_handlers(stop)
-    with FeedbackDisplay(paradigm, args.server, options, stop=stop) as display:
+    # The constructor checks the pictures and output folders: still no window.
+    display = FeedbackDisplay(paradigm, args.server, options, stop=stop)
+    with display:
         result = display.run()
     summary = result.summary
     if summary["n_frames"]:
-        log.info("run ended (%s): %d feedback events shown, %d malformed messages; frame "
-                 "interval median %s ms, p95 %s ms, max %s ms; %d dropped frames (%s pacing)",
-                 result.ended_by, summary["n_feedback_events_shown"],
-                 summary["n_malformed_messages"], summary["frame_interval_ms_median"],
-                 summary["frame_interval_ms_p95"], summary["frame_interval_ms_max"],
-                 summary["dropped_frames"], summary["paced_by"])
-    if result.ended_by == "no_data":
-        _error(f"no feedback event arrived from {args.server} within {args.timeout:g} s.")
-        return 1
-    if result.ended_by == "timeout":
-        written = f"; outputs written to {args.out}" if args.out else ""
-        _error(f"no message from {args.server} for {args.timeout:g} s after volume "
-               f"{summary['last_volume']}; run ended early{written}.")
+        log.info("run ended (%s): %d frames, interval median %s ms, p95 %s ms, p99 %s ms, "
+                 "max %s ms; %d dropped frames (%s pacing); %d feedback events received, %d "
+                 "shown, %d malformed messages", result.ended_by, summary["n_frames"],
+                 summary["frame_interval_ms_median"], summary["frame_interval_ms_p95"],
+                 summary["frame_interval_ms_p99"], summary["frame_interval_ms_max"],
+                 summary["dropped_frames"], summary["paced_by"],
+                 summary["n_feedback_events_received"], summary["n_feedback_events_shown"],
+                 summary["n_malformed_messages"])
+    if result.ended_by == "no_start":
+        waited_for = {"trigger": f"trigger key ({', '.join(args.trigger_key)})",
+                      "server": f"feedback event from {args.server}",
+                      "auto": f"trigger key ({', '.join(args.trigger_key)}) and no feedback "
+                              f"event from {args.server}"}[args.start_on]
+        _error(f"no {waited_for} within {args.timeout:g} s.")
         return 1
     return 0
 

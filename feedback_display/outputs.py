@@ -3,19 +3,31 @@
 All file writing happens on one background thread (:class:`BackgroundWriter`), never on the
 drawing thread: a PNG takes tens of milliseconds to encode, longer than a frame.
 
-``*_events.tsv`` (BIDS) has one row per block shown and one per feedback value shown:
+``*_events.tsv`` (BIDS) has one row per thing shown: each block (its instruction is on screen
+for the whole block), each cue picture, each feedback value, each period without feedback,
+each intermittent result and each rating. ``*_events.json`` describes its columns
+(:data:`EVENTS_COLUMN_DESCRIPTIONS`):
 
-=========== ===============================================================================
-onset       seconds from the run start: the arrival of the first feedback event at the
-            display. Each row's onset is the time of the first frame (flip) that showed it.
-duration    seconds until the next row of the same kind was shown (or the run ended).
-trial_type  the block's ``trial_type`` (``fixation``, ``look_drug``, ``reappraise_drug``...)
-            or ``feedback`` for a feedback value.
-volume      the 0-based volume index (for a block row: of the first event shown in it).
-value       the feedback value (``n/a`` for block rows).
-censored    1 if the value was censored for motion, else 0 (``n/a`` for block rows).
-instruction the block's instruction text (block rows), ``n/a`` otherwise.
-=========== ===============================================================================
+============= ============================================================================
+onset         seconds from the run start (the trigger, or the server's first volume) to the
+              flip of the first frame that showed the row; negative for the rating before
+              the run.
+duration      seconds until the flip that removed it.
+trial_type    the block's ``trial_type`` (``fixation``, ``look_drug``, ``reappraise_drug``,
+              ...), ``cue_drug`` / ``cue_food`` / ``cue_neutral`` for a picture,
+              ``feedback``, ``feedback_unavailable`` (bar at rest, no feedback from the
+              server), ``feedback_intermittent``, ``rating_before``, ``rating_after``,
+              ``rating`` (a rating block in the run).
+block         1-based number of the paradigm block.
+frame         frame count since the run start at which the row was first shown.
+volume        the 0-based volume whose feedback is shown (intermittent: ``first-last``).
+value         the feedback value in [0, 1] (intermittent: the block's mean).
+censored      1 if the value was censored for motion, else 0.
+stim_file     the cue picture, relative to the picture folder.
+response      the rating (0-100) once confirmed; ``n/a`` without a response.
+response_time seconds from the rating scale's onset to the confirming key press.
+instruction   the block's instruction text (block rows).
+============= ============================================================================
 
 Rows are appended (and flushed) as each one ends, so a crash keeps what was shown; at the
 end of the run the file is rewritten sorted by onset.
@@ -35,19 +47,43 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-EVENTS_COLUMNS = ("onset", "duration", "trial_type", "volume", "value", "censored",
-                  "instruction")
+EVENTS_COLUMNS = ("onset", "duration", "trial_type", "block", "frame", "volume", "value",
+                  "censored", "stim_file", "response", "response_time", "instruction")
 
 EVENTS_COLUMN_DESCRIPTIONS = {
-    "onset": "Seconds from the run start (arrival of the first feedback event at the "
-             "display) to the first frame that showed this row.",
-    "duration": "Seconds until the next row of the same kind was shown, or the run ended.",
-    "trial_type": "The paradigm block's trial_type, or 'feedback' for a feedback value.",
-    "volume": "0-based volume index (block rows: the first volume shown in the block).",
-    "value": "Feedback value in [0, 1] shown by the thermometer (0.5 is baseline).",
+    "onset": "Seconds from the run start (the scanner trigger, or the arrival of the server's "
+             "first feedback event minus its volume index times the TR) to the flip of the "
+             "first frame that showed this row. Negative for the rating before the run.",
+    "duration": "Seconds from the row's first frame to the flip that removed it.",
+    "trial_type": "The paradigm block's trial_type; cue_<category> for a cue picture; "
+                  "feedback (a value shown by the thermometer), feedback_unavailable (no "
+                  "feedback from the server: the bar rests at baseline in a neutral colour), "
+                  "feedback_intermittent (a block's mean shown after it); rating_before, "
+                  "rating_after (craving scale outside the scanned run), rating (a rating "
+                  "block of the run).",
+    "block": "1-based number of the paradigm block the row belongs to.",
+    "frame": "Frame count since the run start at which the row was first shown.",
+    "volume": "0-based volume index whose feedback is shown (intermittent rows: first-last "
+              "volume of the block).",
+    "value": "Feedback value in [0, 1] shown by the thermometer (0.5 is baseline); for "
+             "intermittent rows the mean of the block's uncensored values.",
     "censored": "1 if the value was censored for motion (grey bar, 'Hold still').",
+    "stim_file": "Cue picture shown, relative to the picture folder.",
+    "response": "Rating on the 0-100 visual analogue scale, once confirmed; n/a without a "
+                "confirmed response.",
+    "response_time": "Seconds from the rating scale's first frame to the confirming key "
+                     "press.",
     "instruction": "Instruction text shown during the block.",
 }
+
+
+def events_sidecar() -> dict[str, dict[str, str]]:
+    """The BIDS ``*_events.json`` sidecar: a description (and units) of every column."""
+    units = {"onset": "s", "duration": "s", "response_time": "s"}
+    return {column: {"Description": text, **({"Units": units[column]} if column in units
+                                              else {})}
+            for column, text in EVENTS_COLUMN_DESCRIPTIONS.items()}
+
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -151,7 +187,13 @@ class EventsLog:
         with self.path.open(encoding="utf-8", newline="") as handle:
             rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
         header, body = rows[0], rows[1:]
-        body.sort(key=lambda cells: (float(cells[0]), cells[2] == "feedback"))
+        kind = {name: order for order, name in enumerate(("cue", "feedback", "rating"))}
+
+        def order(cells: list[str]) -> tuple[float, int]:
+            prefix = cells[2].split("_")[0]
+            return float(cells[0]), kind.get(prefix, -1)
+
+        body.sort(key=order)
         partial = self.path.with_name(self.path.name + ".part")
         with partial.open("w", encoding="utf-8", newline="") as handle:
             for cells in [header, *body]:

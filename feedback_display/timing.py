@@ -86,6 +86,22 @@ class FramePacer:
         if delay > 0:
             self._sleep(delay)
 
+    def next_flip(self, now: float | None = None, period: float | None = None) -> float:
+        """When the coming flip is expected (same clock as ``clock``).
+
+        Software pacing: the next deadline (or ``now`` when late). Vsync: the first refresh
+        after ``now`` on the grid of the last flip, ``period`` apart (default the nominal
+        period; pass the measured one). Before any flip: ``now``.
+        """
+        now = self._clock() if now is None else now
+        period = self.period if period is None else period
+        if self._pacing and self._deadline is not None:
+            return now if now > self._deadline + self.period else max(now, self._deadline)
+        if self._last_flip is None:
+            return now
+        periods = max(1, math.ceil((now - self._last_flip) / period - 1e-9))
+        return self._last_flip + periods * period
+
     def flipped(self, t_flip: float) -> None:
         """Record that a flip returned at ``t_flip`` (same clock as ``clock``)."""
         if self._pacing is None and self._last_flip is not None:

@@ -20,6 +20,32 @@ A paradigm file (TOML or YAML) describes one run as a sequence of blocks::
 
 Durations are in seconds and must be whole multiples of the TR, so that every block starts
 on a volume and block onsets do not drift against the scanner.
+
+Optional per-block key: ``target`` (``"up"``, ``"down"`` or ``"none"``), the direction the
+participant should move the thermometer; it defaults to ``"down"`` for ``reappraise`` and
+``"up"`` for ``savor`` blocks, ``"none"`` otherwise.
+
+Two optional tables concern only the participant display; the server and the simulator
+ignore them, and they never change the scanned run (``n_volumes``, ``events()``,
+``block_of_volume``)::
+
+    [ratings]                 # craving ratings OUTSIDE the scanned run
+    before = true             # before the trigger (while the scanner waits)
+    after = true              # after the run's last volume
+    question = "How strong is your craving for drugs right now?"
+    low_label = "Not at all"
+    high_label = "Extremely"
+    max_seconds = 10.0        # time to respond; no response is recorded as n/a
+
+    [display]
+    pictures = "images"       # cue picture folder (drug/, food/, neutral/), relative to
+                              # this file; the display's --pictures overrides it
+    cue_seconds = 4.0         # each cue picture stays this long; pictures cycle in a block
+    intermittent_seconds = 4.0  # an intermittent block's mean is shown this long at the
+                                # start of the next block
+
+A rating *block* (``condition = "rating"``) is different: it is part of the scanned run and
+occupies scanner time like any other block.
 """
 
 from __future__ import annotations
@@ -34,6 +60,9 @@ from rtserver.errors import ConfigError
 CONDITIONS = ("look", "reappraise", "savor", "neutral", "fixation", "rating")
 CUES = ("drug", "food", "neutral", "none")
 FEEDBACK_MODES = ("none", "continuous", "intermittent")
+TARGETS = ("up", "down", "none")
+#: Direction of regulation by condition, when a block does not say.
+DEFAULT_TARGETS = {"reappraise": "down", "savor": "up"}
 #: Conditions whose volumes form the feedback baseline.
 BASELINE_CONDITIONS = ("fixation",)
 
@@ -58,6 +87,8 @@ class Block:
         Text shown to the participant.
     feedback : str
         One of :data:`FEEDBACK_MODES`.
+    target : str
+        Direction the participant should move the thermometer: one of :data:`TARGETS`.
     """
 
     condition: str
@@ -66,6 +97,7 @@ class Block:
     duration: float
     instruction: str
     feedback: str
+    target: str = "none"
 
     @property
     def trial_type(self) -> str:
@@ -79,16 +111,65 @@ class Block:
 
 
 @dataclass(frozen=True)
+class Ratings:
+    """Craving ratings on a visual analogue scale, outside the scanned run.
+
+    Attributes
+    ----------
+    before, after : bool
+        Rate before the run starts (before the trigger) and after its last volume.
+    question : str
+        The question shown above the scale.
+    low_label, high_label : str
+        Labels of the scale's two ends (0 and 100).
+    max_seconds : float
+        Time allowed for a response; without one the rating is recorded as missing.
+    """
+
+    before: bool = False
+    after: bool = False
+    question: str = "How strong is your craving for drugs right now?"
+    low_label: str = "Not at all"
+    high_label: str = "Extremely"
+    max_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class DisplaySettings:
+    """Settings read only by the participant display.
+
+    Attributes
+    ----------
+    pictures : Path or None
+        Cue picture folder with ``drug/``, ``food/`` and ``neutral/`` subfolders; None uses
+        the display's shipped placeholder pictures. Not checked here (the server and the
+        simulator need no pictures): the display checks it before opening a window.
+    cue_seconds : float
+        Seconds each cue picture stays on screen; pictures cycle within a block.
+    intermittent_seconds : float
+        Seconds an intermittent block's mean feedback is shown, at the next block's start.
+    """
+
+    pictures: Path | None = None
+    cue_seconds: float = 4.0
+    intermittent_seconds: float = 4.0
+
+
+@dataclass(frozen=True)
 class Paradigm:
     """A validated run definition.
 
     Use :meth:`from_file` to read one; the constructor takes already-checked blocks.
+    ``ratings`` and ``display`` concern only the participant display and never change the
+    scanned run.
     """
 
     name: str
     task: str
     tr: float
     blocks: tuple[Block, ...]
+    ratings: Ratings = Ratings()
+    display: DisplaySettings = DisplaySettings()
 
     @classmethod
     def from_file(cls, path: str | Path) -> Paradigm:
@@ -121,14 +202,27 @@ class Paradigm:
                 raw = tomllib.loads(text)
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"Paradigm file {path} is not valid TOML: {exc}") from None
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(raw, source=str(path), base=path.parent)
 
     @classmethod
-    def from_dict(cls, raw: object, source: str = "paradigm") -> Paradigm:
-        """Validate a paradigm given as a dict (the parsed file)."""
+    def from_dict(cls, raw: object, source: str = "paradigm",
+                  base: str | Path | None = None) -> Paradigm:
+        """Validate a paradigm given as a dict (the parsed file).
+
+        Parameters
+        ----------
+        raw : dict
+            The parsed file.
+        source : str
+            Where it came from, for error messages.
+        base : str or Path or None
+            Folder that a relative ``[display] pictures`` path is relative to (the
+            paradigm file's folder); None: the current folder.
+        """
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: should be a table of name, task, tr and blocks.")
-        unknown = set(raw) - {"name", "task", "tr", "blocks", "description"}
+        unknown = set(raw) - {"name", "task", "tr", "blocks", "description", "ratings",
+                              "display"}
         if unknown:
             raise ConfigError(f"{source}: unknown keys {sorted(unknown)}.")
         tr = raw.get("tr")
@@ -147,7 +241,11 @@ class Paradigm:
             block = _check_block(item, onset, float(tr), f"{source}: block {number}")
             blocks.append(block)
             onset += block.duration
-        return cls(name=name, task=task, tr=float(tr), blocks=tuple(blocks))
+        ratings = _check_ratings(raw.get("ratings", {}), f"{source}: [ratings]")
+        display = _check_display(raw.get("display", {}), f"{source}: [display]", base)
+        _check_intermittent(blocks, display.intermittent_seconds, source)
+        return cls(name=name, task=task, tr=float(tr), blocks=tuple(blocks), ratings=ratings,
+                   display=display)
 
     @property
     def duration(self) -> float:
@@ -197,7 +295,7 @@ def resolve_paradigm_path(path: str | Path) -> Path:
 def _check_block(item: object, onset: float, tr: float, where: str) -> Block:
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: should be a table. Got {item!r}.")
-    unknown = set(item) - {"condition", "cue", "duration", "instruction", "feedback"}
+    unknown = set(item) - {"condition", "cue", "duration", "instruction", "feedback", "target"}
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}.")
     condition = item.get("condition")
@@ -222,6 +320,9 @@ def _check_block(item: object, onset: float, tr: float, where: str) -> Block:
     instruction = item.get("instruction", "")
     if not isinstance(instruction, str):
         raise ConfigError(f"{where}: 'instruction' should be text. Got {instruction!r}.")
+    target = item.get("target", DEFAULT_TARGETS.get(condition, "none"))
+    if target not in TARGETS:
+        raise ConfigError(f"{where}: 'target' should be one of {TARGETS}. Got {target!r}.")
     return Block(
         condition=condition,
         cue=cue,
@@ -229,4 +330,72 @@ def _check_block(item: object, onset: float, tr: float, where: str) -> Block:
         duration=float(duration),
         instruction=instruction,
         feedback=feedback,
+        target=target,
     )
+
+
+def _positive_seconds(table: dict, key: str, default: float, where: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{where}: {key!r} should be a positive number of seconds. "
+                          f"Got {value!r}.")
+    return float(value)
+
+
+def _check_table(raw: object, keys: set[str], where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: should be a table. Got {raw!r}.")
+    unknown = set(raw) - keys
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; expected some of "
+                          f"{sorted(keys)}.")
+    return raw
+
+
+def _check_ratings(raw: object, where: str) -> Ratings:
+    defaults = Ratings()
+    table = _check_table(raw, {"before", "after", "question", "low_label", "high_label",
+                               "max_seconds"}, where)
+    for key in ("before", "after"):
+        if not isinstance(table.get(key, False), bool):
+            raise ConfigError(f"{where}: {key!r} should be true or false. Got {table[key]!r}.")
+    for key in ("question", "low_label", "high_label"):
+        if not isinstance(table.get(key, ""), str):
+            raise ConfigError(f"{where}: {key!r} should be text. Got {table[key]!r}.")
+    return Ratings(
+        before=table.get("before", False), after=table.get("after", False),
+        question=table.get("question", defaults.question),
+        low_label=table.get("low_label", defaults.low_label),
+        high_label=table.get("high_label", defaults.high_label),
+        max_seconds=_positive_seconds(table, "max_seconds", defaults.max_seconds, where),
+    )
+
+
+def _check_display(raw: object, where: str, base: str | Path | None) -> DisplaySettings:
+    defaults = DisplaySettings()
+    table = _check_table(raw, {"pictures", "cue_seconds", "intermittent_seconds"}, where)
+    pictures = table.get("pictures")
+    if pictures is not None:
+        if not isinstance(pictures, str) or not pictures:
+            raise ConfigError(f"{where}: 'pictures' should be a folder. Got {pictures!r}.")
+        pictures = Path(base if base is not None else ".") / Path(pictures).expanduser()
+    return DisplaySettings(
+        pictures=pictures,
+        cue_seconds=_positive_seconds(table, "cue_seconds", defaults.cue_seconds, where),
+        intermittent_seconds=_positive_seconds(table, "intermittent_seconds",
+                                               defaults.intermittent_seconds, where),
+    )
+
+
+def _check_intermittent(blocks: list[Block], seconds: float, source: str) -> None:
+    """An intermittent block's result is shown during the next block: it must exist and be
+    long enough."""
+    for number, (block, following) in enumerate(zip(blocks, [*blocks[1:], None], strict=True), start=1):
+        if block.feedback != "intermittent":
+            continue
+        if following is None or following.duration < seconds:
+            raise ConfigError(
+                f"{source}: block {number}: intermittent feedback is shown for "
+                f"{seconds:g} s at the start of the next block, so it should be followed by "
+                f"a block of at least {seconds:g} s. Got "
+                f"{'none' if following is None else f'{following.duration:g} s'}.")
