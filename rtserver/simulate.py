@@ -141,9 +141,12 @@ SUBJECT_BIAS_SD_PERCENT = 0.75
 #: Amplitudes are clipped to this range after the subject's draw.
 AMPLITUDE_RANGE_PERCENT = (0.2, 2.5)
 #: Voxel pattern inside each ROI: voxel amplitude = ROI amplitude * (1 + sd * z(x)), with z
-#: a smooth random field of mean 0 and sd 1 over the ROI's voxels, half shared by all
-#: conditions and half the condition's own (which multivoxel decoders can use).
+#: a smooth random field of mean 0 and sd 1 over the ROI's voxels: the weighted sum of a
+#: field shared by all conditions, one of the cue category (drug, food or neutral pictures,
+#: whatever the strategy: this is what multivoxel decoders trained on passive viewing find
+#: again in regulation blocks) and one of the condition itself (the strategy's own part).
 PATTERN_SD = 0.5
+PATTERN_WEIGHTS = MappingProxyType({"shared": 1.0, "cue": 1.0, "condition": 0.5})
 #: Wavelengths (mm) and number of the random plane waves that make a pattern field.
 PATTERN_WAVELENGTH_MM = (7.0, 16.0)
 PATTERN_WAVES = 24
@@ -725,9 +728,10 @@ class Activation:
     amplitudes : Mapping
         ROI name -> ``trial_type`` -> mean percent signal change over the ROI's voxels.
     waves : Mapping
-        ROI name -> ``"shared"`` or ``trial_type`` -> ``(PATTERN_WAVES, 4)`` array of plane
-        waves (frequency vector in cycles/mm, phase in radians) whose sum is a pattern
-        field. Fields are functions of world coordinates, so every grid sees the same one.
+        ROI name -> ``"shared"``, ``"cue_<category>"`` or ``trial_type`` ->
+        ``(PATTERN_WAVES, 4)`` array of plane waves (frequency vector in cycles/mm, phase in
+        radians) whose sum is a pattern field (:data:`PATTERN_WEIGHTS`). Fields are
+        functions of world coordinates, so every grid sees the same one.
     bias : float
         The subject's own drug-bias shift (percent signal change; see
         :data:`SUBJECT_BIAS_SD_PERCENT`), already included in ``amplitudes``.
@@ -744,6 +748,7 @@ class Activation:
         amplitudes: dict[str, Mapping[str, float]] = {}
         waves: dict[str, Mapping[str, np.ndarray]] = {}
         bias = SUBJECT_BIAS_SD_PERCENT * float(rng.standard_normal())
+        cue_keys = sorted({_cue_key(t) for t in trial_types})
         for name, _ in ROI_DEFINITIONS.values():
             means = group_amplitudes(group, name)
             spread = SUBJECT_SD_PERCENT * rng.standard_normal(len(trial_types))
@@ -754,7 +759,7 @@ class Activation:
             amplitudes[name] = MappingProxyType(
                 {t: float(a) for t, a in zip(trial_types, draws, strict=True)})
             waves[name] = MappingProxyType(
-                {key: _plane_waves(rng) for key in ("shared", *trial_types)})
+                {key: _plane_waves(rng) for key in ("shared", *cue_keys, *trial_types)})
         return cls(MappingProxyType(amplitudes), MappingProxyType(waves), bias)
 
     def maps(self, phantom: Phantom, reference: Phantom | None = None) -> dict[str, np.ndarray]:
@@ -771,15 +776,26 @@ class Activation:
             inside = phantom.labels == index
             points = _world_points(phantom, inside)
             reference_points = _world_points(reference, reference.labels == index)
-            shared = _field(self.waves[name]["shared"], points)
-            reference_shared = _field(self.waves[name]["shared"], reference_points)
             for trial_type, amplitude in self.amplitudes[name].items():
-                own = self.waves[name][trial_type]
-                field = shared + _field(own, points)
-                reference_field = reference_shared + _field(own, reference_points)
+                field = _pattern_field(self.waves[name], trial_type, points)
+                reference_field = _pattern_field(self.waves[name], trial_type,
+                                                 reference_points)
                 z = (field - reference_field.mean()) / reference_field.std()
                 maps[trial_type][inside] = amplitude * (1.0 + PATTERN_SD * z)
         return maps
+
+
+def _pattern_field(waves: Mapping[str, np.ndarray], trial_type: str,
+                   points: np.ndarray) -> np.ndarray:
+    """A trial type's pattern field at ``points``: shared + cue category + own parts."""
+    return (PATTERN_WEIGHTS["shared"] * _field(waves["shared"], points)
+            + PATTERN_WEIGHTS["cue"] * _field(waves[_cue_key(trial_type)], points)
+            + PATTERN_WEIGHTS["condition"] * _field(waves[trial_type], points))
+
+
+def _cue_key(trial_type: str) -> str:
+    """``look_drug`` -> ``cue_drug``: the key of a trial type's cue-category pattern."""
+    return "cue_" + trial_type.rpartition("_")[2]
 
 
 def bias_sign(trial_type: str) -> int:
@@ -1320,8 +1336,10 @@ def _truth(root: Path, paths: dict[str, Path], subject: str, group: str, seed: i
         "subject_drug_bias_percent": round(activation.bias, 6),
         "subject_drug_bias_sd_percent": SUBJECT_BIAS_SD_PERCENT,
         "voxel_pattern": {
-            "model": "voxel amplitude = ROI amplitude * (1 + sd * z), z = sum of plane "
-                     "waves (shared + condition's own), mean 0 and sd 1 over the ROI",
+            "model": "voxel amplitude = ROI amplitude * (1 + sd * z), z = weighted sum of "
+                     "plane-wave fields (shared by all conditions, the cue category's, the "
+                     "condition's own), mean 0 and sd 1 over the ROI",
+            "weights": dict(PATTERN_WEIGHTS),
             "sd": PATTERN_SD, "wavelength_mm": list(PATTERN_WAVELENGTH_MM),
             "n_waves": PATTERN_WAVES},
         "hrf": {"model": "double gamma (SPM canonical)", "peak_shape": 6.0,
