@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from rtserver import __version__
-from rtserver.errors import ConfigError, InputError
+from rtserver.errors import InputError
 from rtserver.stages.roi import RoiSet
 from rtserver.volume import Volume
 
@@ -62,7 +62,14 @@ C_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 LABELS = {"food": 0, "drug": 1}
 DEFAULT_LAG = 4.0
 DEFAULT_SETTLE = 4.0
-#: Types a model file may contain besides plain Python and numpy data.
+#: Plain data types a model file may contain (module.class as skops records them).
+PLAIN_TYPES = (
+    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.str", "builtins.int",
+    "builtins.float", "builtins.bool", "builtins.NoneType", "numpy.ndarray",
+    "numpy.float64", "numpy.float32", "numpy.int64", "numpy.int32", "numpy.int16",
+    "numpy.uint8", "numpy.bool_", "numpy.dtype",
+)
+#: Types a model file may contain besides plain data: the classifier's, nothing else.
 TRUSTED_TYPES = (
     "sklearn.calibration.CalibratedClassifierCV",
     "sklearn.calibration._CalibratedClassifier",
@@ -269,9 +276,21 @@ class Decoder:
             "card_json": json.dumps(self.card),
         }
         sio.dump(content, path, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
+        _fix_zip_timestamps(path)
         card_path = path.with_suffix(".json")
         card_path.write_text(json.dumps(self.card, indent=2) + "\n", encoding="utf-8")
         return path, card_path
+
+
+def _fix_zip_timestamps(path: Path) -> None:
+    """Rewrite a zip with fixed entry timestamps, so equal content gives equal bytes."""
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data, compresslevel=9)
 
 
 def load_decoder(path: str | Path) -> Decoder:
@@ -288,15 +307,12 @@ def load_decoder(path: str | Path) -> Decoder:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"Decoder model file {path} does not exist.")
-    try:
-        untrusted = sio.get_untrusted_types(file=path)
-    except Exception as exc:
-        raise InputError(f"{path} is not a skops model file: {exc}") from None
-    refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    refused = sorted(set(model_types(path)) - set(PLAIN_TYPES) - set(TRUSTED_TYPES))
     if refused:
         raise InputError(f"Refusing to load {path}: it names types outside the trusted list: "
                          f"{', '.join(refused)}.")
     try:
+        untrusted = sio.get_untrusted_types(file=path)
         content = sio.load(path, trusted=[t for t in untrusted if t in TRUSTED_TYPES])
     except Exception as exc:
         raise InputError(f"Cannot load decoder {path}: {exc}") from None
@@ -319,11 +335,33 @@ def load_decoder(path: str | Path) -> Decoder:
     return decoder
 
 
-def check_feedback_type(kind: str) -> str:
-    """Return ``kind`` if it is one of :data:`FEEDBACK_TYPES`; raise ConfigError if not."""
-    if kind not in FEEDBACK_TYPES:
-        raise ConfigError(f"[decoder] 'feedback' should be one of {FEEDBACK_TYPES}. Got {kind!r}.")
-    return kind
+def model_types(path: str | Path) -> list[str]:
+    """Every type (``module.class``) a skops file's schema names, read without loading it.
+
+    skops itself trusts scikit-learn's estimators by default; this project trusts only the
+    types of :data:`PLAIN_TYPES` and :data:`TRUSTED_TYPES`, so it reads the whole schema.
+
+    Raises
+    ------
+    InputError
+        If the file is not a skops zip with a readable ``schema.json``.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path} is not a skops model file: {exc}") from None
+    found: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node and "__module__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return sorted(found)
 
 
 def software_versions() -> dict[str, str]:

@@ -72,9 +72,10 @@ class RegistrationQuality:
     seconds: float
     min_dice: float
 
-    def to_dict(self) -> dict:
-        """Rounded values for JSON (model card, session file)."""
-        return {k: round(v, 4) for k, v in asdict(self).items()}
+    def to_dict(self, timing: bool = True) -> dict:
+        """Rounded values for JSON (session file; the model card leaves the timing out so
+        that retraining writes the same card)."""
+        return {k: round(v, 4) for k, v in asdict(self).items() if timing or k != "seconds"}
 
 
 def epi_brain_mask(data: np.ndarray) -> np.ndarray:

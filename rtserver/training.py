@@ -68,9 +68,14 @@ class CrossValidation:
 
     Attributes
     ----------
-    auc, accuracy, brier : float
-        ROC AUC, accuracy (P(drug) > 0.5) and Brier score of the pooled out-of-fold
-        calibrated probabilities.
+    auc : float
+        Mean ROC AUC of the outer folds (each test fold holds a drug and a food block).
+    pooled_auc : float
+        ROC AUC of all out-of-fold probabilities pooled: lower than ``auc`` when the folds'
+        models rank well but place their boundary differently.
+    accuracy, brier : float
+        Accuracy (P(drug) > 0.5) and Brier score of the pooled out-of-fold calibrated
+        probabilities.
     fold_auc : list of float
         AUC of each outer fold.
     chosen_c : list of float
@@ -80,6 +85,7 @@ class CrossValidation:
     """
 
     auc: float
+    pooled_auc: float
     accuracy: float
     brier: float
     fold_auc: list[float] = field(default_factory=list)
@@ -224,7 +230,7 @@ def nested_cross_validation(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
         if len(np.unique(y[test])) == 2:
             fold_auc.append(float(roc_auc_score(y[test], p_drug[test])))
     return CrossValidation(
-        auc=float(roc_auc_score(y, p_drug)),
+        auc=float(np.mean(fold_auc)), pooled_auc=float(roc_auc_score(y, p_drug)),
         accuracy=float(np.mean((p_drug > 0.5) == (y == 1))),
         brier=float(brier_score_loss(y, p_drug)),
         fold_auc=fold_auc, chosen_c=chosen, p_drug=p_drug)
@@ -327,7 +333,7 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
                          for k, name in sorted(rois.names.items())},
             "source": "MNI atlases registered to the reference (affine)"
             if registration is not None else str(config.roi.mask),
-            "registration": None if registration is None else registration.to_dict(),
+            "registration": None if registration is None else registration.to_dict(timing=False),
         },
         "features": settings["features"],
         "signal_model": settings["signal"],
@@ -342,7 +348,8 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
             "cross_validation": "nested leave-one-block-pair-out (k-th drug block + k-th "
                                 "food block of a run = one group)",
         },
-        "cv_scores": {"auc": round(scores.auc, 4), "accuracy": round(scores.accuracy, 4),
+        "cv_scores": {"auc": round(scores.auc, 4), "pooled_auc": round(scores.pooled_auc, 4),
+                      "accuracy": round(scores.accuracy, 4),
                       "brier": round(scores.brier, 4),
                       "fold_auc": [round(v, 4) for v in scores.fold_auc],
                       "chosen_c": scores.chosen_c},
