@@ -14,7 +14,9 @@ fixation level when the task term is in the model):
 
     psc(t) = 100 * (y(t) - drift(t) - motion(t) - b0) / b0
 
-clipped to ``+-despike`` residual standard deviations (despiking).
+Despiking: before a volume enters the fit, each feature is clipped to the prediction of the
+model fitted so far +- ``despike`` residual standard deviations of that model (so a spike
+neither enters the fit nor inflates the SD it is judged by).
 
 The coefficients are re-estimated at every volume from the volumes seen so far, by
 accumulating ``X'X`` and ``X'y`` (the normal equations of recursive least squares, with a
@@ -136,6 +138,8 @@ class SignalModel:
         self.offset_: np.ndarray | None = None
         self.n_fitted_ = 0
         self.n_features_ = n_features
+        self.beta_: np.ndarray | None = None
+        self.sd_: np.ndarray | None = None
         self.psc_ = np.zeros(n_features)
         return self
 
@@ -176,18 +180,18 @@ class SignalModel:
         if self.offset_ is None:
             self.offset_ = y.copy()  # centring keeps y'y free of cancellation
         x = self.row(index, tr, motion_params)
-        centred = y - self.offset_
+        centred = _despike(y - self.offset_, x, self.beta_, self.sd_, self.despike)
         if not censored:
             self.xtx_ += np.outer(x, x)
             self.xty_ += x[:, None] * centred[None, :]
             self.yty_ += centred * centred
             self.n_fitted_ += 1
-        if self.n_fitted_ == 0:
+            self.beta_ = np.linalg.solve(self.xtx_ + np.diag(self.penalty_), self.xty_)
+            self.sd_ = self._residual_sd(self.beta_)
+        if self.beta_ is None:
             self.psc_ = np.zeros(self.n_features_)
             return self
-        beta = np.linalg.solve(self.xtx_ + np.diag(self.penalty_), self.xty_)
-        self.psc_ = _clean(x, centred, beta, self.offset_, self.n_features_,
-                           self._residual_sd(beta), self.despike, self.task is not None)
+        self.psc_ = _clean(x, centred, self.beta_, self.offset_, self.task is not None)
         return self
 
     def _residual_sd(self, beta: np.ndarray) -> np.ndarray | None:
@@ -199,28 +203,37 @@ class SignalModel:
         return np.sqrt(np.maximum(rss, 0.0) / dof)
 
 
+def _despike(centred: np.ndarray, x: np.ndarray, beta: np.ndarray | None,
+             sd: np.ndarray | None, despike: float) -> np.ndarray:
+    """Clip a new sample to the model's prediction +- ``despike`` residual SDs.
+
+    The model is the one fitted before the sample arrives, so a spike neither enters the fit
+    nor inflates the SD it is judged by.
+    """
+    if despike <= 0 or beta is None or sd is None:
+        return centred
+    predicted = x @ beta
+    return np.clip(centred, predicted - despike * sd, predicted + despike * sd)
+
+
 def _clean(x: np.ndarray, centred: np.ndarray, beta: np.ndarray, offset: np.ndarray,
-           n_features: int, residual_sd: np.ndarray | None, despike: float,
            has_task: bool) -> np.ndarray:
     """Percent signal change of one volume after removing drift and motion (not the task)."""
     removed = x[1:-1] @ beta[1:-1] if has_task else x[1:] @ beta[1:]
     baseline = offset + beta[0]
     cleaned = centred - beta[0] - removed
     safe = np.where(np.abs(baseline) > 1e-6, baseline, np.inf)
-    psc = 100.0 * cleaned / safe
-    if despike > 0 and residual_sd is not None:
-        limit = 100.0 * despike * residual_sd / np.abs(safe)
-        psc = np.clip(psc, -limit, limit)
-    return psc
+    return 100.0 * cleaned / safe
 
 
 def batch_signal(features: np.ndarray, design: np.ndarray, censored: np.ndarray,
                  ridge: float, despike: float, has_task: bool) -> np.ndarray:
     """Recompute, volume by volume, what :class:`SignalModel` outputs online.
 
-    An independent implementation for tests and offline use: for each volume ``t`` the model
-    is fitted by least squares (``numpy.linalg.lstsq`` on the design rows of the uncensored
-    volumes up to ``t``, ridge as extra rows) and volume ``t`` is cleaned with it.
+    An independent implementation for tests and offline use: for each volume ``t`` the
+    sample is despiked against the fit of the volumes before it, then the model is refitted
+    by least squares (``numpy.linalg.lstsq`` on the design rows of the uncensored volumes up
+    to ``t``, ridge as extra rows) and volume ``t`` is cleaned with it.
 
     Parameters
     ----------
@@ -241,6 +254,7 @@ def batch_signal(features: np.ndarray, design: np.ndarray, censored: np.ndarray,
         ``(n_volumes, n_features)`` percent signal change.
     """
     features = np.asarray(features, dtype=np.float64)
+    censored = np.asarray(censored, dtype=bool)
     n_volumes, n_features = features.shape
     p = design.shape[1]
     offset = features[0]
@@ -248,16 +262,22 @@ def batch_signal(features: np.ndarray, design: np.ndarray, censored: np.ndarray,
     penalty = np.sqrt(np.full(p, float(ridge)))
     penalty[0] = 0.0
     out = np.zeros_like(centred)
+    beta = sd = None
+
+    def fit(rows_used: np.ndarray, values: np.ndarray):
+        rows = np.vstack([design[rows_used], np.diag(penalty)])
+        targets = np.vstack([values[rows_used], np.zeros((p, n_features))])
+        coef = np.linalg.lstsq(rows, targets, rcond=None)[0]
+        spread = None
+        if rows_used.size - p >= 1:
+            residuals = values[rows_used] - design[rows_used] @ coef
+            spread = np.sqrt((residuals ** 2).sum(axis=0) / (rows_used.size - p))
+        return coef, spread
+
     for t in range(n_volumes):
-        kept = np.flatnonzero(~np.asarray(censored[: t + 1], dtype=bool))
-        if kept.size == 0:
-            continue
-        rows = np.vstack([design[kept], np.diag(penalty)])
-        targets = np.vstack([centred[kept], np.zeros((p, n_features))])
-        beta, *_ = np.linalg.lstsq(rows, targets, rcond=None)
-        sd = None
-        if kept.size - p >= 1:
-            residuals = centred[kept] - design[kept] @ beta
-            sd = np.sqrt((residuals ** 2).sum(axis=0) / (kept.size - p))
-        out[t] = _clean(design[t], centred[t], beta, offset, n_features, sd, despike, has_task)
+        centred[t] = _despike(centred[t], design[t], beta, sd, despike)
+        if not censored[t]:
+            beta, sd = fit(np.flatnonzero(~censored[: t + 1]), centred)
+        if beta is not None:
+            out[t] = _clean(design[t], centred[t], beta, offset, has_task)
     return out
