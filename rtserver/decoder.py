@@ -276,21 +276,9 @@ class Decoder:
             "card_json": json.dumps(self.card),
         }
         sio.dump(content, path, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
-        _fix_zip_timestamps(path)
         card_path = path.with_suffix(".json")
         card_path.write_text(json.dumps(self.card, indent=2) + "\n", encoding="utf-8")
         return path, card_path
-
-
-def _fix_zip_timestamps(path: Path) -> None:
-    """Rewrite a zip with fixed entry timestamps, so equal content gives equal bytes."""
-    with zipfile.ZipFile(path) as archive:
-        entries = [(info.filename, archive.read(info)) for info in archive.infolist()]
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in sorted(entries):
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, data, compresslevel=9)
 
 
 def load_decoder(path: str | Path) -> Decoder:
