@@ -231,6 +231,9 @@ def test_train_prints_scores_and_writes_model_and_card(trained):
     assert card["labels"]["lag_s"] == 4.0
     assert card["cv_scores"]["auc"] > 0.9
     assert card["software"]["scikit-learn"]
+    # A control's drug-bias index (drug minus food response over the ROIs) is negative:
+    # the simulator plants food > drug in controls' cue-reactive ROIs.
+    assert card["drug_bias"]["index_percent"] < -0.1
     assert model.stat().st_size < 1_000_000
     decoder = load_decoder(model)
     assert decoder.card == card
