@@ -299,3 +299,52 @@ def test_shuffled_labels_give_chance_cross_validated_auc(session):
     rng = np.random.default_rng(0)
     aucs = [nested_cross_validation(x, rng.permutation(y), groups).auc for _ in range(6)]
     assert abs(np.mean(aucs) - 0.5) <= 0.1, aucs
+
+
+# --------------------------------------------------------------------------- configuration
+def test_signal_and_decoder_tables_are_validated(tmp_path):
+    from rtserver.config import load_config
+    from rtserver.errors import ConfigError
+
+    good = tmp_path / "good.toml"
+    good.write_text('[signal]\ndrift_order = 1\ndespike = 0\n[decoder]\nfeedback = "bias"\n'
+                    'smoothing = 5\n[roi]\nmask = "atlas"\nmin_dice = 0.9\n')
+    config = load_config(good)
+    assert (config.signal.drift_order, config.decoder.feedback, config.roi.min_dice) == (1, "bias",
+                                                                                         0.9)
+    for text, match in [('[decoder]\nfeedback = "roi"\n', "'classifier' or 'bias'"),
+                        ("[decoder]\nsmoothing = 0\n", "'smoothing' should be >= 1"),
+                        ("[signal]\ndespike = -1.0\n", "'despike' should be >= 0"),
+                        ("[signal]\nlag = 4\n", "unknown keys")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_config(bad)
+
+
+def test_pipeline_registers_the_atlas_when_asked():
+    phantom = build_phantom((64, 64, 36), 3.5)
+    reference = Volume(phantom.baseline.astype(np.float32), phantom.affine, index=0, tr=2.0)
+    pipeline = Pipeline(Config().with_overrides(roi={"mask": "atlas", "target": "nacc"}))
+    event = pipeline.step(reference)
+    assert pipeline.registration_.dice > 0.95
+    assert list(event.rois) == [phantom.roi_names[k] for k in sorted(phantom.roi_names)]
+
+
+def test_bias_score_is_0_at_the_food_and_1_at_the_drug_response(trained):
+    decoder = load_decoder(trained[0])
+    features = np.zeros(decoder.n_features)
+    features[-decoder.n_rois:] = decoder.bias_drug
+    assert decoder.predict(features, "bias") == pytest.approx((1.0, 1.0))
+    features[-decoder.n_rois:] = decoder.bias_food
+    assert decoder.predict(features, "bias") == pytest.approx((0.0, 0.0))
+
+
+def test_train_without_a_localizer_is_a_one_line_error(tmp_path, capsys):
+    from rtserver.cli import main
+
+    code = main(["train", "--bids", str(tmp_path), "--subject", "P09",
+                 "--out", str(tmp_path / "m.skops")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "No localizer run of sub-P09" in err and "\n" not in err
