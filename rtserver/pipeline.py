@@ -16,6 +16,7 @@ features are the same voxels as in training.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,8 @@ from rtserver.volume import Volume
 if TYPE_CHECKING:
     from rtserver.decoder import Decoder
     from rtserver.registration import RegistrationQuality
+
+log = logging.getLogger(__name__)
 
 #: ``[roi] mask`` value that asks for the atlas ROIs registered to the reference volume.
 ATLAS = "atlas"
@@ -200,14 +203,26 @@ class Pipeline:
         return self
 
     def _signal_model(self, tr: float) -> SignalModel:
-        settings = self.config.signal
+        """The signal model: the decoder's training settings if there is one (the features
+        must be computed as in training), else ``[signal]``."""
+        settings = dict(vars(self.config.signal))
+        if self.decoder is not None:
+            trained = self.decoder.settings.get("signal", {})
+            if any(trained.get(k, v) != v for k, v in settings.items()):
+                log.info("signal model: using the decoder's training settings %s "
+                         "instead of [signal] %s", trained, settings)
+            settings.update({k: trained[k] for k in settings if k in trained})
         task = None
-        if settings.task_regressor and self.events:
+        if settings["task_regressor"] and self.events:
             end = max(float(e["onset"]) + float(e["duration"]) for e in self.events)
             task = task_regressor(self.events, tr, int(np.ceil((end + 32.0) / tr)))
-        return SignalModel(drift_order=settings.drift_order,
-                           drift_timescale=settings.drift_timescale,
-                           despike=settings.despike, ridge=settings.ridge, task=task)
+        elif settings["task_regressor"] and self.decoder is not None:
+            log.warning("the decoder was trained with a task regressor, but this run has no "
+                        "paradigm (--paradigm): the signal model runs without it")
+        return SignalModel(drift_order=int(settings["drift_order"]),
+                           drift_timescale=float(settings["drift_timescale"]),
+                           despike=float(settings["despike"]), ridge=float(settings["ridge"]),
+                           task=task)
 
     def step(self, volume: Volume) -> FeedbackEvent:
         """Process one volume and return its feedback event (timestamps left to the caller).

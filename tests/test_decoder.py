@@ -348,3 +348,12 @@ def test_train_without_a_localizer_is_a_one_line_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert "No localizer run of sub-P09" in err and "\n" not in err
+
+
+def test_online_signal_model_uses_the_decoders_training_settings(trained):
+    decoder = load_decoder(trained[0])
+    config = Config().with_overrides(signal={"drift_order": 0, "despike": 0.0})
+    pipeline = Pipeline(config, paradigm=Paradigm.from_file("regulation"), decoder=decoder)
+    pipeline.fit(decoder.reference)
+    assert (pipeline.signal.drift_order, pipeline.signal.despike) == (2, 3.0)
+    assert pipeline.signal.task is not None
