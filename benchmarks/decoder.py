@@ -10,7 +10,8 @@ validate
     registered to the localizer's first volume), then step regulation run 2 through
     ``Pipeline.step`` with the decoder (regulation run 1 shares its noise and motion with
     localizer run 1 in the simulator, see docs/validation.md). Prints per subject: the
-    nested cross-validated AUC on the localizer (the model card's), the online AUC of
+    nested cross-validated AUC on the localizer (the model card's: mean over folds, and
+    pooled over folds), the online AUC of
     P(drug) for drug-cue vs food-cue volumes of the regulation run (lag-shifted labels,
     censored volumes left out), the online AUC on its look blocks only, the offline
     cross-validated AUC of a decoder trained and tested (nested, blocked) on the regulation
@@ -87,7 +88,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     groups = args.groups.split(",")
     rows = []
-    print(f"{'subject':8} {'group':8} {'seed':>4} {'cv_loc':>7} {'online':>7} {'look':>6} "
+    print(f"{'subject':8} {'group':8} {'seed':>4} {'cv_loc':>7} {'pooled':>7} {'online':>7} {'look':>6} "
           f"{'cv_reg':>7} {'bias':>6} {'|on-cv_loc|':>11} {'|on-cv_reg|':>11} {'s':>5}")
     with tempfile.TemporaryDirectory() as tmp:
         for group in groups:
@@ -104,15 +105,17 @@ def cmd_validate(args: argparse.Namespace) -> None:
                 p_bias, _ = online(decoder, run2[0], "bias")
                 bias = online_auc(p_bias, censored)
                 cv_reg = regulation_cv(decoder, *run2)
-                rows.append((group, scores.auc, auc, look, cv_reg, bias))
-                print(f"{subject:8} {group:8} {seed:4d} {scores.auc:7.3f} {auc:7.3f} "
+                rows.append((group, scores.auc, scores.pooled_auc, auc, look, cv_reg, bias))
+                print(f"{subject:8} {group:8} {seed:4d} {scores.auc:7.3f} "
+                      f"{scores.pooled_auc:7.3f} {auc:7.3f} "
                       f"{look:6.3f} {cv_reg:7.3f} {bias:6.3f} {abs(auc - scores.auc):11.3f} "
                       f"{abs(auc - cv_reg):11.3f} {time.perf_counter() - started:5.0f}",
                       flush=True)
     for group in groups:
         values = np.array([r[1:] for r in rows if r[0] == group])
-        print(f"mean {group:8}      {values[:, 0].mean():7.3f} {values[:, 1].mean():7.3f} "
-              f"{values[:, 2].mean():6.3f} {values[:, 3].mean():7.3f} {values[:, 4].mean():6.3f}")
+        means = values.mean(axis=0)
+        print(f"mean {group:8}      {means[0]:7.3f} {means[1]:7.3f} {means[2]:7.3f} "
+              f"{means[3]:6.3f} {means[4]:7.3f} {means[5]:6.3f}")
 
 
 def bias_index(root: Path, subject: str) -> float:
