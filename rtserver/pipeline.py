@@ -120,6 +120,10 @@ class Pipeline:
         motion = config.motion
         if reference is None and motion.reference:
             reference = load_reference(motion.reference, motion.reference_index)
+            if decoder is not None:
+                log.warning("[motion] reference %s replaces the decoder's training reference: "
+                            "its ROI voxels are only right if both are the same head "
+                            "position", motion.reference)
         elif reference is None and decoder is not None:
             reference = decoder.reference
         self.rois = rois
