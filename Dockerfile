@@ -11,6 +11,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY rtserver ./rtserver
 COPY feedback_display ./feedback_display
+COPY models ./models
 RUN pip install --no-cache-dir '.[display]'
 
 # Outputs, the simulated session and screenshots live on a shared volume.

@@ -12,10 +12,14 @@ SYSTEM_PACKAGES := xvfb xauth libgl1 libglu1-mesa libegl1 libxkbcommon-x11-0 \
 # Run under a virtual screen unless there is a real one.
 XRUN   := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1280x1024x24")
 
-.PHONY: demo test system venv tools lint benchmark clean
+.PHONY: demo demo-model test system venv tools lint benchmark clean
 
 demo: system venv
 	$(XRUN) $(BIN)/rtserver demo --out $(OUT)
+
+# Regenerate the demo decoder shipped in models/ (deterministic; see models/README.md).
+demo-model: venv
+	$(BIN)/python -m rtserver.train_demo
 
 test: system venv tools
 	$(BIN)/ruff check rtserver feedback_display tests benchmarks
@@ -24,6 +28,7 @@ test: system venv tools
 benchmark: venv
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/motion.py
+	$(BIN)/python benchmarks/decoder.py cost
 
 lint: venv
 	$(BIN)/ruff check rtserver feedback_display tests benchmarks

@@ -5,7 +5,11 @@ fast as possible through the real server (ZeroMQ over loopback, recorder thread 
 every output) and prints the median, p95 and p99 of the server's ``latency_ms``, the
 replay throughput, and the cost of ``Pipeline.step`` alone.
 
-    python benchmarks/latency.py [--repeats 3] [--shape 64,64,36]
+    python benchmarks/latency.py [--repeats 3] [--shape 64,64,36] [--model FILE]
+
+With ``--model`` (e.g. models/demo_decoder.skops, trained on this benchmark's simulated
+subject 01 at the default shape) the server decodes every volume: signal model, decoder and
+feedback value are then part of the latency.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="replays to pool (default 3)")
     parser.add_argument("--shape", default="64,64,36", help="EPI matrix (default 64,64,36)")
     parser.add_argument("--voxel", type=float, default=3.5, help="voxel size in mm (3.5)")
+    parser.add_argument("--model", help="trained decoder (skops) the server decodes with")
     args = parser.parse_args()
     shape = tuple(int(n) for n in args.shape.split(","))
     logging.basicConfig(level=logging.WARNING)
@@ -52,8 +57,9 @@ def main() -> None:
         config = Config().with_overrides(
             network={"volumes": "tcp://127.0.0.1:*", "feedback": "tcp://127.0.0.1:*",
                      "results": "tcp://127.0.0.1:*"},
-            roi={"mask": str(run.rois), "target": "nacc"},
+            roi={"mask": None if args.model else str(run.rois), "target": "nacc"},
             feedback={"paradigm": "regulation"},
+            decoder={"model": args.model},
         )
         source = open_source(run.bold)
         print(f"run: {source.n_volumes} volumes of {shape} at {args.voxel} mm "

@@ -27,6 +27,8 @@ Real-time fMRI neurofeedback of cortico-striatal drug-versus-food cue reactivity
   rtserver send     SOURCE                  scanner bridge: send a series to a server
   rtserver replay   SOURCE --out DIR        serve + send in one command
   rtserver simulate --out DIR ...           write a synthetic BIDS session with known truth
+  rtserver train    --bids DIR --subject ID --out FILE
+                                            train a subject's decoder from their localizer
   rtserver demo     --out DIR               simulate, serve, display and replay a session
 
 All addresses are ZeroMQ endpoints (tcp://host:port) and default to 127.0.0.1 only.
@@ -135,6 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--voxel", type=float, default=3.5, help="voxel size, mm (3.5)")
     simulate.set_defaults(func=cmd_simulate)
 
+    train = commands.add_parser(
+        "train", help="train a subject's drug-vs-food decoder from their localizer run(s)",
+        description="Run the subject's localizer run(s) through the online pipeline (motion, "
+        "ROIs, signal model), label volumes drug or food from the BIDS events (shifted by the "
+        "haemodynamic lag), choose the classifier's regularisation by nested blocked "
+        "cross-validation, print the cross-validated AUC and accuracy, and write the model "
+        "(skops) and its card (.json beside it).")
+    train.add_argument("--bids", required=True, type=Path, help="BIDS dataset folder")
+    train.add_argument("--subject", required=True, help="subject label (e.g. P01)")
+    train.add_argument("--out", required=True, type=Path, help="model file to write (.skops)")
+    train.add_argument("--config", type=Path, metavar="FILE",
+                       help="TOML configuration ([motion], [roi], [signal])")
+    train.add_argument("--roi", metavar="FILE",
+                       help="ROI label image in the EPI space of the first run's first volume "
+                       "(default: the MNI atlases registered to that volume)")
+    train.add_argument("--task", default="localizer", help="BIDS task to train on (localizer)")
+    train.add_argument("--run", type=int, action="append", metavar="N", dest="runs",
+                       help="use run N only (repeatable; default: every run of the task)")
+    train.add_argument("--lag", type=float, default=4.0, metavar="S",
+                       help="haemodynamic lag in seconds (default 4)")
+    train.set_defaults(func=cmd_train)
+
     demo = commands.add_parser(
         "demo", help="simulate, serve, display and replay a session",
         description="Simulate a short session, start the server, the display and the scanner "
@@ -152,8 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
     parser.add_argument("--roi", metavar="FILE",
-                        help="ROI label image in EPI space (with a .tsv of names beside it)")
-    parser.add_argument("--target", metavar="NAME", help="ROI that drives the feedback")
+                        help="ROI label image in EPI space (with a .tsv of names beside it), or "
+                        "'atlas': the MNI atlases registered to the reference volume")
+    parser.add_argument("--target", metavar="NAME", help="ROI that drives the feedback "
+                        "without a decoder")
+    parser.add_argument("--model", metavar="FILE",
+                        help="trained decoder (skops, from `rtserver train`) that drives the "
+                        "feedback; it brings its ROIs and reference volume")
+    parser.add_argument("--feedback-type", choices=("classifier", "bias"),
+                        help="with --model: the multivoxel classifier's P(drug) (default) or "
+                        "the univariate drug-bias index")
     parser.add_argument("--paradigm", metavar="FILE",
                         help="paradigm file or shipped name; its fixation blocks form the "
                         "feedback baseline")
@@ -207,6 +239,7 @@ def _config_from(args: argparse.Namespace):
         motion={"reference": args.reference, "reference_index": args.reference_index,
                 "fd_threshold": args.fd_threshold, "reslice": args.reslice},
         feedback={"paradigm": args.paradigm},
+        decoder={"model": args.model, "feedback": args.feedback_type},
     )
 
 
@@ -368,6 +401,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         simulate.simulate_subject(args.out, args.subject, args.group, args.seed,
                                   progress=True, **common)
     log.info("wrote %s", args.out)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``rtserver train``."""
+    from rtserver.training import train_subject
+
+    if args.out.suffix != ".skops":
+        raise InputError(f"--out should name a .skops file. Got {args.out}.")
+    config = load_config(args.config).with_overrides(roi={"mask": args.roi})
+    decoder, scores = train_subject(args.bids, args.subject, config=config, task=args.task,
+                                    runs=args.runs, lag=args.lag, progress=True)
+    model, card = decoder.save(args.out)
+    n = decoder.card["training_data"]["n_training_volumes"]
+    registration = decoder.card["rois"]["registration"]
+    if registration:
+        print(f"atlas registration: brain-mask Dice {registration['dice']:.3f}, "
+              f"intensity correlation {registration['correlation']:.3f}")
+    print(f"cross-validated (nested, leave-one-block-pair-out) over {n['drug']} drug and "
+          f"{n['food']} food volumes: AUC {scores.auc:.3f} (mean over folds; pooled "
+          f"{scores.pooled_auc:.3f}), accuracy {scores.accuracy:.3f}, Brier {scores.brier:.3f}")
+    print(f"drug-bias index: {decoder.bias_index:+.3f} % (drug minus food, mean over ROIs)")
+    print(f"wrote {model} and {card}")
     return 0
 
 

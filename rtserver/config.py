@@ -27,8 +27,22 @@ A config file is TOML with optional tables; anything left out keeps its default:
     reslice = false          # also record the realigned run (desc-realigned_bold.nii.gz)
 
     [roi]
-    mask = "path/to/space-EPI_desc-rois_dseg.nii.gz"  # labels in EPI space + .tsv of names
+    mask = "path/to/space-EPI_desc-rois_dseg.nii.gz"  # labels in EPI space + .tsv of names,
+                             # or "atlas": register the MNI atlases to the reference volume
     target = "nacc"
+    min_dice = 0.8           # refuse an atlas registration whose brain-mask Dice is lower
+
+    [signal]                 # online nuisance model of the decoder's features
+    drift_order = 2          # polynomial drift terms (t / drift_timescale)^k, k = 1..order
+    drift_timescale = 300.0  # s
+    despike = 3.0            # clip at this many residual SDs (0: off)
+    ridge = 1.0              # on X'X, every column but the constant
+    task_regressor = true    # fit (not remove) the paradigm's cue blocks * HRF
+
+    [decoder]
+    model = "models/demo_decoder.skops"  # trained decoder (skops); none: ROI feedback
+    feedback = "classifier"  # or "bias": the univariate drug-bias index
+    smoothing = 3            # volumes averaged into the feedback value
 
     [feedback]
     paradigm = "regulation"  # baseline volumes are the fixation blocks
@@ -97,6 +111,27 @@ class RoiConfig:
 
     mask: str | None = None
     target: str | None = None
+    min_dice: float = 0.8
+
+
+@dataclass(frozen=True)
+class SignalConfig:
+    """The online signal model of the decoder's features (:mod:`rtserver.stages.signal`)."""
+
+    drift_order: int = 2
+    drift_timescale: float = 300.0
+    despike: float = 3.0
+    ridge: float = 1.0
+    task_regressor: bool = True
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Which trained decoder drives the feedback, and how."""
+
+    model: str | None = None
+    feedback: str = "classifier"
+    smoothing: int = 3
 
 
 @dataclass(frozen=True)
@@ -119,6 +154,8 @@ class Config:
     motion: MotionConfig = field(default_factory=MotionConfig)
     roi: RoiConfig = field(default_factory=RoiConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as nested plain dicts (for the session JSON)."""
@@ -220,6 +257,14 @@ def validate(config: Config) -> Config:
         (config.feedback.baseline_window >= 1, "[feedback] 'baseline_window' should be >= 1"),
         (config.feedback.hrf_delay >= 0, "[feedback] 'hrf_delay' should be >= 0"),
         (config.feedback.psc_range > 0, "[feedback] 'psc_range' should be > 0"),
+        (0 < config.roi.min_dice <= 1, "[roi] 'min_dice' should be in (0, 1]"),
+        (config.signal.drift_order >= 0, "[signal] 'drift_order' should be >= 0"),
+        (config.signal.drift_timescale > 0, "[signal] 'drift_timescale' should be > 0"),
+        (config.signal.despike >= 0, "[signal] 'despike' should be >= 0 (0: off)"),
+        (config.signal.ridge >= 0, "[signal] 'ridge' should be >= 0"),
+        (config.decoder.feedback in ("classifier", "bias"),
+         "[decoder] 'feedback' should be 'classifier' or 'bias'"),
+        (config.decoder.smoothing >= 1, "[decoder] 'smoothing' should be >= 1 volume"),
     ]
     for ok, message in checks:
         if not ok:

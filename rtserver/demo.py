@@ -1,7 +1,10 @@
 """``rtserver demo``: a whole session on one machine, each part in its own process.
 
 1. simulate a patient's regulation run (a BIDS dataset with known truth);
-2. start ``rtserver serve`` (waiting for the display to subscribe);
+2. start ``rtserver serve`` (waiting for the display to subscribe) with the demo decoder
+   shipped in ``models/`` (trained on the same simulated patient's localizer by
+   ``python -m rtserver.train_demo``); without that file, the feedback is the NAcc's
+   percent signal change;
 3. start ``feedback-display`` (windowed, saving a screenshot per feedback event);
 4. start ``rtserver send`` replaying the simulated run at an accelerated TR;
 5. wait for all three, and print where the outputs and screenshots are.
@@ -24,6 +27,7 @@ from rtserver.errors import TransportError
 log = logging.getLogger(__name__)
 
 SUBJECT, GROUP, SEED, TASK = "01", "patient", 1, "regulation"
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo_decoder.skops"
 
 
 def free_port() -> int:
@@ -73,9 +77,15 @@ def run_demo(out: Path, speed: float = 8.0, display: bool = True, timeout: float
         _script("rtserver"), "serve", "--out", str(output), "--volumes", volumes,
         "--feedback", feedback, "--results", results, "--paradigm", TASK,
         "--subject", SUBJECT, "--task", TASK, "--run", "1",
-        "--roi", str(run.rois), "--target", "nacc",
         "--wait-display", "60" if display else "0",
     ]
+    if DEMO_MODEL.exists():
+        log.info("feedback from the demo decoder %s", DEMO_MODEL)
+        server_cmd += ["--model", str(DEMO_MODEL)]
+    else:
+        log.warning("no demo decoder at %s (python -m rtserver.train_demo writes it); the "
+                    "feedback is the NAcc's percent signal change", DEMO_MODEL)
+        server_cmd += ["--roi", str(run.rois), "--target", "nacc"]
     display_cmd = [
         _script("feedback-display"), "--paradigm", TASK, "--server", feedback,
         "--out", str(output), "--windowed", "--screenshots", str(screenshots),

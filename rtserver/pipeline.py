@@ -1,22 +1,52 @@
 """The processing core: ``Pipeline.step(volume) -> FeedbackEvent``.
 
-Live sessions, replay, benchmarks and tests all call this one method. It does no I/O:
-the first volume of a run (or a given reference) fits the stages; every volume then goes
-through motion estimation, ROI extraction on the motion-corrected ROI voxels, and the
-feedback scaling of the target ROI.
+Live sessions, replay, training, benchmarks and tests all call this one method. It does no
+I/O: the first volume of a run (or a given reference) fits the stages; every volume then goes
+through motion estimation and ROI extraction on the motion-corrected ROI voxels. Then:
+
+- with a decoder: the ROI voxels and ROI means go through the online signal model (drift and
+  motion regression, despiking, percent signal change), the decoder gives ``P(drug)`` and a
+  decision value, and :class:`~rtserver.stages.DecoderFeedback` makes the feedback value;
+- without one: the target ROI's percent signal change against the fixation baseline is the
+  feedback (:class:`~rtserver.stages.FeedbackScaler`).
+
+A decoder brings its own ROIs and reference volume (those it was trained on), so online
+features are the same voxels as in training.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from rtserver.config import Config
 from rtserver.errors import ConfigError, InputError
 from rtserver.paradigm import Paradigm
 from rtserver.protocol import FeedbackEvent
 from rtserver.sources import open_source
-from rtserver.stages import FeedbackScaler, MotionCorrector, MotionEstimate, RoiExtractor, RoiSet
+from rtserver.stages import (
+    DecoderFeedback,
+    FeedbackScaler,
+    MotionCorrector,
+    MotionEstimate,
+    RoiExtractor,
+    RoiSet,
+    SignalModel,
+)
+from rtserver.stages.signal import task_regressor
 from rtserver.volume import Volume
+
+if TYPE_CHECKING:
+    from rtserver.decoder import Decoder
+    from rtserver.registration import RegistrationQuality
+
+log = logging.getLogger(__name__)
+
+#: ``[roi] mask`` value that asks for the atlas ROIs registered to the reference volume.
+ATLAS = "atlas"
 
 
 def load_reference(path: str | Path, index: int = 0) -> Volume:
@@ -43,35 +73,66 @@ def load_reference(path: str | Path, index: int = 0) -> Volume:
 
 
 class Pipeline:
-    """Motion correction, ROI extraction and feedback scaling, one volume at a time.
+    """Motion correction, ROI extraction, signal model, decoding and feedback, per volume.
 
     Parameters
     ----------
     config : Config
-        Stage settings (``motion``, ``roi``, ``feedback`` tables).
+        Stage settings (``motion``, ``roi``, ``signal``, ``decoder``, ``feedback`` tables).
     rois : RoiSet or None
-        Regions on the EPI grid; ``None`` reads ``config.roi.mask``, or, without one, uses an
-        automatic whole-brain mask.
+        Regions on the EPI grid; ``None`` takes the decoder's, or reads ``config.roi.mask``
+        (``"atlas"``: register the MNI atlases to the reference), or, without either, uses
+        an automatic whole-brain mask.
     paradigm : Paradigm or None
         The run's paradigm; ``None`` reads ``config.feedback.paradigm`` if set.
     reference : Volume or None
-        Register to this volume; ``None`` reads ``config.motion.reference`` if set, or else
-        uses the run's first volume.
+        Register to this volume; ``None`` takes the decoder's training reference, or reads
+        ``config.motion.reference`` if set, or else uses the run's first volume.
+    decoder : Decoder or None
+        Trained decoder; ``None`` loads ``config.decoder.model`` if set.
+    events : list of dict or None
+        BIDS events of the run, for the signal model's task regressor (training passes the
+        localizer's); ``None`` takes the paradigm's.
+    keep_features : bool
+        Run the signal model even without a decoder, keeping each volume's features in
+        ``features_`` (training uses this).
     """
 
     def __init__(self, config: Config, rois: RoiSet | None = None,
-                 paradigm: Paradigm | None = None, reference: Volume | None = None) -> None:
+                 paradigm: Paradigm | None = None, reference: Volume | None = None,
+                 decoder: Decoder | None = None, events: list[dict] | None = None,
+                 keep_features: bool = False) -> None:
         self.config = config
-        if rois is None and config.roi.mask:
+        if decoder is None and config.decoder.model:
+            from rtserver.decoder import load_decoder
+
+            decoder = load_decoder(config.decoder.model)
+        if decoder is not None and config.roi.mask and rois is None:
+            raise ConfigError("A decoder brings the ROIs it was trained on; leave out "
+                              f"[roi] mask / --roi (got {config.roi.mask!r}).")
+        self.use_atlas = rois is None and decoder is None and config.roi.mask == ATLAS
+        if rois is None and decoder is not None:
+            rois = decoder.rois
+        elif rois is None and config.roi.mask and not self.use_atlas:
             rois = RoiSet.from_file(config.roi.mask)
         if paradigm is None and config.feedback.paradigm:
             paradigm = Paradigm.from_file(config.feedback.paradigm)
         motion = config.motion
         if reference is None and motion.reference:
             reference = load_reference(motion.reference, motion.reference_index)
+            if decoder is not None:
+                log.warning("[motion] reference %s replaces the decoder's training reference: "
+                            "its ROI voxels are only right if both are the same head "
+                            "position", motion.reference)
+        elif reference is None and decoder is not None:
+            reference = decoder.reference
         self.rois = rois
         self.paradigm = paradigm
         self.reference = reference
+        self.decoder = decoder
+        self.events = events if events is not None else (
+            paradigm.events() if paradigm is not None else None)
+        self.keep_features = keep_features or decoder is not None
         self.motion = MotionCorrector(
             smoothing_fwhm=motion.smoothing_fwhm,
             interpolation_order=motion.interpolation_order, subsample=motion.subsample,
@@ -86,6 +147,11 @@ class Pipeline:
             baseline_window=feedback.baseline_window, hrf_delay=feedback.hrf_delay,
             psc_range=feedback.psc_range,
         )
+        self.decoder_feedback = DecoderFeedback(
+            paradigm=paradigm, smoothing=config.decoder.smoothing, hrf_delay=feedback.hrf_delay)
+        self.signal: SignalModel | None = None
+        self.registration_: RegistrationQuality | None = None
+        self.features_: object = None
         self.target_index_: int | None = None
 
     @property
@@ -98,11 +164,37 @@ class Pipeline:
         """ROI names, in the column order of :attr:`FeedbackEvent.rois`."""
         return list(self.roi.names_) if self.is_fitted else []
 
+    @property
+    def model_card(self) -> dict | None:
+        """The decoder's model card (``None`` without a decoder)."""
+        return None if self.decoder is None else self.decoder.card
+
     def fit(self, reference: Volume) -> Pipeline:
-        """Set every stage up on the reference volume."""
+        """Set every stage up on the reference volume.
+
+        Raises
+        ------
+        InputError
+            If the atlas registration is refused, or the ROIs are not on the grid.
+        ConfigError
+            If ``[roi] target`` names no ROI.
+        """
+        if self.use_atlas:
+            from rtserver.registration import atlas_rois
+
+            self.rois, self.registration_ = atlas_rois(reference,
+                                                       min_dice=self.config.roi.min_dice)
+            self.roi = RoiExtractor(self.rois)
         self.motion.fit(reference)
         self.roi.fit(reference)
         self.feedback.fit()
+        self.decoder_feedback.fit()
+        if self.keep_features:
+            self.signal = self._signal_model(reference.tr).fit(
+                self.roi.n_voxels_ + len(self.roi.names_))
+            if self.decoder is not None and self.signal.n_features_ != self.decoder.n_features:
+                raise InputError(f"The decoder expects {self.decoder.n_features} features; "
+                                 f"the ROIs give {self.signal.n_features_}.")
         target = self.config.roi.target
         if target is None:
             self.target_index_ = 0
@@ -113,6 +205,28 @@ class Pipeline:
                 f"[roi] 'target' should name one of the ROIs {self.roi.names_}. Got {target!r}."
             )
         return self
+
+    def _signal_model(self, tr: float) -> SignalModel:
+        """The signal model: the decoder's training settings if there is one (the features
+        must be computed as in training), else ``[signal]``."""
+        settings = dict(vars(self.config.signal))
+        if self.decoder is not None:
+            trained = self.decoder.settings.get("signal", {})
+            if any(trained.get(k, v) != v for k, v in settings.items()):
+                log.info("signal model: using the decoder's training settings %s "
+                         "instead of [signal] %s", trained, settings)
+            settings.update({k: trained[k] for k in settings if k in trained})
+        task = None
+        if settings["task_regressor"] and self.events:
+            end = max(float(e["onset"]) + float(e["duration"]) for e in self.events)
+            task = task_regressor(self.events, tr, int(np.ceil((end + 32.0) / tr)))
+        elif settings["task_regressor"] and self.decoder is not None:
+            log.warning("the decoder was trained with a task regressor, but this run has no "
+                        "paradigm (--paradigm): the signal model runs without it")
+        return SignalModel(drift_order=int(settings["drift_order"]),
+                           drift_timescale=float(settings["drift_timescale"]),
+                           despike=float(settings["despike"]), ridge=float(settings["ridge"]),
+                           task=task)
 
     def step(self, volume: Volume) -> FeedbackEvent:
         """Process one volume and return its feedback event (timestamps left to the caller).
@@ -125,16 +239,27 @@ class Pipeline:
         if not self.is_fitted:
             self.fit(self.reference if self.reference is not None else volume)
         estimate = self.motion.partial_fit(volume).estimate_
-        roi_means = self.roi.transform(volume, estimate.matrix)
-        target = float(roi_means[self.target_index_])
-        self.feedback.partial_fit(volume.index, volume.tr, target, censored=estimate.censored)
-        return FeedbackEvent(
-            volume=volume.index,
-            value=self.feedback.value_,
-            censored=bool(estimate.censored),
-            fd=float(estimate.fd),
+        censored = bool(estimate.censored)
+        voxels = self.roi.transform_voxels(volume, estimate.matrix)
+        roi_means = self.roi.means(voxels)
+        event = FeedbackEvent(
+            volume=volume.index, value=0.5, censored=censored, fd=float(estimate.fd),
             rois={name: float(v) for name, v in zip(self.roi.names_, roi_means, strict=True)},
         )
+        if self.signal is not None:
+            features = np.concatenate([voxels, roi_means])
+            self.features_ = self.signal.partial_fit(
+                volume.index, volume.tr, features, estimate.params, censored=censored).psc_
+        if self.decoder is not None:
+            p_drug, decision = self.decoder.predict(self.features_, self.config.decoder.feedback)
+            self.decoder_feedback.partial_fit(volume.index, volume.tr, p_drug, censored)
+            event.p_drug, event.decision = p_drug, decision
+            event.value = self.decoder_feedback.value_
+        else:
+            target = float(roi_means[self.target_index_])
+            self.feedback.partial_fit(volume.index, volume.tr, target, censored=censored)
+            event.value = self.feedback.value_
+        return event
 
     @property
     def motion_estimate(self) -> MotionEstimate:

@@ -362,9 +362,12 @@ class FeedbackEvent:
     rois : dict of str to float
         Motion-corrected ROI means.
     p_drug : float or None
-        The decoder's probability of drug-cue reactivity (None without a decoder).
-    decision : str or None
-        The decoder's label (None without a decoder).
+        The decoder's calibrated probability that the volume's cortico-striatal state is
+        drug-cue-like rather than food-cue-like (None without a decoder).
+    decision : float or None
+        The decoder's decision value: the classifier's log-odds before calibration (> 0
+        leans drug), or the drug-bias score (0 = food response, 1 = drug response) with
+        ``[decoder] feedback = "bias"``; None without a decoder.
     t_received, t_published : float
         Wall-clock times (Unix seconds) at which the volume was fully received and its
         feedback published.
@@ -378,7 +381,7 @@ class FeedbackEvent:
     fd: float
     rois: dict = field(default_factory=dict)
     p_drug: float | None = None
-    decision: str | None = None
+    decision: float | None = None
     t_received: float = 0.0
     t_published: float = 0.0
     latency_ms: float = 0.0
@@ -407,7 +410,7 @@ class FeedbackEvent:
             fd=_number_field(header, "fd"),
             rois=rois,
             p_drug=_number_field(header, "p_drug", optional=True),
-            decision=header.get("decision"),
+            decision=_number_field(header, "decision", optional=True),
             t_received=_number_field(header, "t_received"),
             t_published=_number_field(header, "t_published"),
             latency_ms=_number_field(header, "latency_ms"),

@@ -228,7 +228,7 @@ class RunRecorder:
         self._row("desc-feedback_timeseries.tsv", [
             str(event.volume), f"{event.value:.6f}",
             "" if event.p_drug is None else f"{event.p_drug:.6f}",
-            "" if event.decision is None else str(event.decision),
+            "" if event.decision is None else f"{event.decision:.6f}",
             "1" if event.censored else "0",
             _time(record.volume.t_file_complete), _time(record.t_sent),
             f"{event.t_received:.6f}", f"{event.t_published:.6f}", f"{event.latency_ms:.3f}",

@@ -310,6 +310,12 @@ class Server:
             "endpoints": self.endpoints,
             "rois": self.pipeline.roi_names,
             "paradigm": self.pipeline.paradigm.name if self.pipeline.paradigm else None,
-            "model_card": None,
+            "model_card": self.pipeline.model_card,
+            "decoder": None if self.pipeline.decoder is None else {
+                "model": self.config.decoder.model,
+                "feedback": self.config.decoder.feedback,
+                "smoothing": self.config.decoder.smoothing},
+            "registration": (self.pipeline.registration_.to_dict()
+                             if self.pipeline.registration_ is not None else None),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

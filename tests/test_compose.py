@@ -83,6 +83,11 @@ def test_bridge_replays_the_file_the_simulator_writes(resolved, tmp_path):
     server = build_parser().parse_args(program_argv(resolved["services"]["server"]["command"])[1:])
     data = Path("/data/bids")
     assert tmp_path / bridge.source.relative_to(data) == subject.runs[0].bold
+    if server.model is not None:  # the demo decoder, copied into the image from models/
+        model = ROOT / Path(server.model).relative_to("/app")
+        assert model.exists(), f"--model {server.model}: {model} is not in the repository"
+        assert "COPY models ./models" in (ROOT / "Dockerfile").read_text()
+        return
     assert tmp_path / Path(server.roi).relative_to(data) == subject.runs[0].rois
     names = {row.split("\t")[1] for row in
              subject.runs[0].rois_tsv.read_text().splitlines()[1:] if row.strip()}

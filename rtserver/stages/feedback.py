@@ -15,7 +15,7 @@ from collections import deque
 
 import numpy as np
 
-from rtserver.paradigm import Paradigm
+from rtserver.paradigm import Block, Paradigm
 from rtserver.stages._base import check_is_fitted
 
 
@@ -79,3 +79,76 @@ class FeedbackScaler:
         if self.is_baseline(index, tr):
             self.baseline_.append(float(signal))
         return self
+
+
+class DecoderFeedback:
+    """Turn the decoder's per-volume ``P(drug)`` into the feedback value in [0, 1].
+
+    The bar shows how well the participant is doing in the block on screen (the block of
+    the volume's acquisition, whose instruction the display shows):
+
+    - drug-cue blocks (reappraise-drug, "Bring the bar DOWN"): the value is ``P(drug)``,
+      so a less drug-like state lowers the bar;
+    - every other block (savor-food, "Bring the bar UP"; neutral; fixation) and runs without
+      a paradigm: the value is ``1 - P(drug)``, so a more food-like state raises the bar.
+
+    ``P(drug)`` is first averaged over the last ``smoothing`` uncensored volumes. Censored
+    (high-motion) volumes withhold the feedback: the last value is repeated (the event is
+    flagged ``censored``) and the volume never enters the average. In blocks whose
+    ``feedback`` is ``"intermittent"`` the value is held during the block and, on its last
+    volume, becomes the block's mean over the volumes acquired at least ``hrf_delay``
+    seconds after its onset.
+
+    Parameters
+    ----------
+    paradigm : Paradigm or None
+        The run's blocks; ``None``: every volume is scored as food-likeness.
+    smoothing : int
+        Volumes averaged (moving average).
+    hrf_delay : float
+        Seconds from a block's onset to its first volume counted by intermittent feedback.
+    """
+
+    def __init__(self, paradigm: Paradigm | None = None, smoothing: int = 3,
+                 hrf_delay: float = 4.0) -> None:
+        self.paradigm = paradigm
+        self.smoothing = smoothing
+        self.hrf_delay = hrf_delay
+
+    def fit(self) -> DecoderFeedback:
+        """Start with an empty window and a neutral value (0.5)."""
+        self.window_ = deque(maxlen=self.smoothing)
+        self.value_ = 0.5
+        self.block_sum_ = 0.0
+        self.block_count_ = 0
+        self.block_ = None
+        return self
+
+    def partial_fit(self, index: int, tr: float, p_drug: float,
+                    censored: bool = False) -> DecoderFeedback:
+        """Update with one volume's ``P(drug)``; the feedback is then in ``value_``."""
+        check_is_fitted(self, "window_")
+        block = self.paradigm.block_of_volume(index) if self.paradigm is not None else None
+        if block is not self.block_:
+            self.block_, self.block_sum_, self.block_count_ = block, 0.0, 0
+        if censored or not np.isfinite(p_drug):
+            return self
+        self.window_.append(float(p_drug))
+        if block is not None and block.feedback == "intermittent":
+            if index * tr >= block.onset + self.hrf_delay - 1e-9:
+                self.block_sum_ += float(p_drug)
+                self.block_count_ += 1
+            last = (index + 1) * tr >= block.onset + block.duration - 1e-9
+            if last and self.block_count_:
+                self.value_ = self.score(block, self.block_sum_ / self.block_count_)
+            return self
+        self.value_ = self.score(block, sum(self.window_) / len(self.window_))
+        return self
+
+    @staticmethod
+    def score(block: Block | None, p_drug: float) -> float:
+        """The bar height for ``p_drug`` during ``block`` (see the class docstring)."""
+        p_drug = min(max(p_drug, 0.0), 1.0)
+        if block is not None and block.cue == "drug":
+            return p_drug
+        return 1.0 - p_drug

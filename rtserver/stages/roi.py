@@ -105,10 +105,42 @@ class RoiExtractor:
         order = [np.argwhere(rois.labels == value) for value in sorted(rois.names)]
         ijk = np.vstack(order).astype(np.float64)
         self.ijk_ = np.vstack([ijk.T, np.ones(len(ijk))])
+        self.n_voxels_ = len(ijk)
         self.starts_ = np.cumsum([0] + [len(voxels) for voxels in order[:-1]])
         self.counts_ = np.array([len(voxels) for voxels in order], dtype=np.float64)
         self.affine_ = reference.affine
         return self
+
+    def transform_voxels(self, volume: Volume, matrix: np.ndarray | None = None) -> np.ndarray:
+        """Every ROI voxel's value in ``volume`` after undoing the motion ``matrix``.
+
+        Parameters
+        ----------
+        volume : Volume
+            A volume of the run.
+        matrix : numpy.ndarray or None
+            The volume's 4x4 motion (reference -> volume, world mm); ``None`` for none.
+            The volume may lie on another grid than the reference (its own affine is used).
+
+        Returns
+        -------
+        numpy.ndarray
+            One value per ROI voxel (float32), ROI after ROI in the order of ``names_``
+            (voxel ``starts_[r]`` is the first of ROI ``r``).
+        """
+        check_is_fitted(self, "ijk_")
+        data = np.asarray(volume.data, dtype=np.float32)
+        if matrix is None:
+            coords = self.ijk_[:3]
+        else:
+            mapping = np.linalg.inv(volume.affine) @ matrix @ self.affine_
+            coords = mapping[:3, :3] @ self.ijk_[:3] + mapping[:3, 3:]
+        return ndimage.map_coordinates(data, coords, order=1, mode="nearest", prefilter=False)
+
+    def means(self, voxels: np.ndarray) -> np.ndarray:
+        """Each ROI's mean of the values :meth:`transform_voxels` returned."""
+        check_is_fitted(self, "ijk_")
+        return np.add.reduceat(voxels, self.starts_) / self.counts_
 
     def transform(self, volume: Volume, matrix: np.ndarray | None = None) -> np.ndarray:
         """Mean of each ROI in ``volume`` after undoing the motion ``matrix``.
@@ -119,19 +151,10 @@ class RoiExtractor:
             A volume on the reference grid.
         matrix : numpy.ndarray or None
             The volume's 4x4 motion (reference -> volume, world mm); ``None`` for none.
-            The volume may lie on another grid than the reference (its own affine is used).
 
         Returns
         -------
         numpy.ndarray
             One mean per ROI, in the order of ``names_``.
         """
-        check_is_fitted(self, "ijk_")
-        data = np.asarray(volume.data, dtype=np.float32)
-        if matrix is None:
-            coords = self.ijk_[:3]
-        else:
-            mapping = np.linalg.inv(volume.affine) @ matrix @ self.affine_
-            coords = mapping[:3, :3] @ self.ijk_[:3] + mapping[:3, 3:]
-        values = ndimage.map_coordinates(data, coords, order=1, mode="nearest", prefilter=False)
-        return np.add.reduceat(values, self.starts_) / self.counts_
+        return self.means(self.transform_voxels(volume, matrix))
