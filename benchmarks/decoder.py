@@ -5,11 +5,10 @@
     python benchmarks/decoder.py cost [--repeats 3]
 
 validate
-    For each group and seed: simulate one subject's localizer (run 1) and two regulation
-    runs, train the decoder on the localizer exactly as ``rtserver train`` does (MNI atlas
-    registered to the localizer's first volume), then step regulation run 2 through
-    ``Pipeline.step`` with the decoder (regulation run 1 shares its noise and motion with
-    localizer run 1 in the simulator, see docs/validation.md). Prints per subject: the
+    For each group and seed: simulate one subject's localizer run and a regulation run
+    (each with its own noise and motion), train the decoder on the localizer exactly as
+    ``rtserver train`` does (MNI atlas registered to the localizer's first volume), then
+    step the regulation run through ``Pipeline.step`` with the decoder. Prints per subject: the
     nested cross-validated AUC on the localizer (the model card's: mean over folds, and
     pooled over folds), the online AUC of
     P(drug) for drug-cue vs food-cue volumes of the regulation run (lag-shifted labels,
@@ -51,11 +50,10 @@ from rtserver.training import (
 )
 
 
-def simulate(root: Path, subject: str, group: str, seed: int, n_regulation: int = 2) -> None:
-    simulate_subject(root, subject, group, seed, paradigm="localizer")
-    if n_regulation:
-        simulate_subject(root, subject, group, seed, paradigm="regulation",
-                         n_runs=n_regulation)
+def simulate(root: Path, subject: str, group: str, seed: int, regulation: bool = True) -> None:
+    """The subject's localizer run, and a regulation run (each task has its own noise)."""
+    paradigms = ["localizer", "regulation"] if regulation else ["localizer"]
+    simulate_subject(root, subject, group, seed, paradigm=paradigms)
 
 
 def online(decoder, bold: Path, kind: str = "classifier") -> tuple[np.ndarray, np.ndarray]:
@@ -98,13 +96,13 @@ def cmd_validate(args: argparse.Namespace) -> None:
                 root = Path(tmp) / subject
                 simulate(root, subject, group, seed)
                 decoder, scores = train_subject(root, subject, progress=False)
-                run2 = find_runs(root, subject, "regulation", [2])[0]
-                p_drug, censored = online(decoder, run2[0])
+                regulation = find_runs(root, subject, "regulation", [1])[0]
+                p_drug, censored = online(decoder, regulation[0])
                 auc = online_auc(p_drug, censored)
                 look = online_auc(p_drug, censored, look_only=True)
-                p_bias, _ = online(decoder, run2[0], "bias")
+                p_bias, _ = online(decoder, regulation[0], "bias")
                 bias = online_auc(p_bias, censored)
-                cv_reg = regulation_cv(decoder, *run2)
+                cv_reg = regulation_cv(decoder, *regulation)
                 rows.append((group, scores.auc, scores.pooled_auc, auc, look, cv_reg, bias))
                 print(f"{subject:8} {group:8} {seed:4d} {scores.auc:7.3f} "
                       f"{scores.pooled_auc:7.3f} {auc:7.3f} "
@@ -139,7 +137,7 @@ def cmd_cohort(args: argparse.Namespace) -> None:
         plan += [(f"C{i:02d}", "control") for i in range(1, n_controls + 1)]
         for subject, group in plan:
             root = Path(tmp)
-            simulate(root, subject, group, args.seed, n_regulation=0)
+            simulate(root, subject, group, args.seed, regulation=False)
             indices[group].append(bias_index(root, subject))
             print(f"{subject} {group:8} drug-bias index {indices[group][-1]:+.3f} %", flush=True)
     patients, controls = np.array(indices["patient"]), np.array(indices["control"])
@@ -155,7 +153,7 @@ def cmd_cohort(args: argparse.Namespace) -> None:
 def cmd_cost(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        simulate(root, "P01", "patient", 1, n_regulation=1)
+        simulate(root, "P01", "patient", 1)
         decoder, _ = train_subject(root, "P01", progress=False)
         bold = find_runs(root, "P01", "regulation")[0][0]
         volumes = list(open_source(bold))

@@ -3,9 +3,9 @@
 The demo (``rtserver demo``, ``make demo``) replays regulation run 1 of the simulated patient
 ``01`` (seed 1). Its decoder is trained here the way ``rtserver train`` trains any subject's:
 on that same simulated subject's localizer, through the online pipeline, with the MNI
-atlases registered to the localizer's first volume. It uses localizer *run 2*: the simulator
-seeds each run's noise and motion by run number, not by task, so localizer run 1 would share
-its noise with the replayed regulation run 1.
+atlases registered to the localizer's first volume. The simulator gives every task's runs
+their own noise and motion, so the localizer shares nothing with the replayed run but the
+subject's planted responses.
 
 Everything is deterministic (simulator seeds, registration, lbfgs): regenerating gives the
 same model card and the same numbers (coefficients, calibration, ROIs, reference). The skops
@@ -32,10 +32,8 @@ def train_demo(out: Path = DEMO_MODEL, progress: bool = True) -> tuple[Path, Pat
     """Simulate the demo subject's localizer, train its decoder, write model and card."""
     with tempfile.TemporaryDirectory() as tmp:
         bids = Path(tmp) / "demo-bids"
-        simulate_subject(bids, SUBJECT, GROUP, SEED, paradigm="localizer", n_runs=2,
-                         progress=progress)
-        decoder, scores = train_subject(bids, SUBJECT, config=Config(), runs=[2],
-                                        progress=progress)
+        simulate_subject(bids, SUBJECT, GROUP, SEED, paradigm="localizer", progress=progress)
+        decoder, scores = train_subject(bids, SUBJECT, config=Config(), progress=progress)
         paths = decoder.save(out)
     print(f"cross-validated AUC {scores.auc:.3f}, accuracy {scores.accuracy:.3f}; "  # noqa: T201
           f"wrote {paths[0]} and {paths[1]}")

@@ -201,12 +201,10 @@ def test_model_file_with_an_untrusted_type_is_refused(tmp_path):
 # --------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    """A simulated control: localizer run 1 and regulation runs 1-2 (run 2 is replayed:
-    the simulator gives localizer and regulation run 1 the same noise and motion)."""
+    """A simulated control's session: a localizer run (trains) and a regulation run."""
     root = tmp_path_factory.mktemp("bids")
-    simulate_subject(root, "C01", "control", 2, paradigm="localizer")
-    regulation = simulate_subject(root, "C01", "control", 2, paradigm="regulation", n_runs=2)
-    return root, regulation.runs[1]
+    session = simulate_subject(root, "C01", "control", 2, paradigm=["localizer", "regulation"])
+    return root, session.runs_of("regulation")[0]
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +260,7 @@ def test_replay_with_model_decodes_drug_vs_food_online(trained, session, tmp_pat
          "--paradigm", "regulation", "--asap", "--feedback", "tcp://127.0.0.1:*",
          "--results", "tcp://127.0.0.1:*"], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
-    prefix = "sub-C01_task-regulation_run-2"
+    prefix = "sub-C01_task-regulation_run-1"
     with (out / f"{prefix}_desc-feedback_timeseries.tsv").open(newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     p_drug = np.array([float(r["p_drug"]) for r in rows])
