@@ -138,7 +138,9 @@ def test_decoder_feedback_follows_block_type_smoothing_and_censoring():
 def test_intermittent_feedback_is_shown_at_the_end_of_the_block():
     raw = {"name": "x", "task": "x", "tr": 2.0, "blocks": [
         {"condition": "fixation", "duration": 4.0},
-        {"condition": "savor", "cue": "food", "duration": 10.0, "feedback": "intermittent"}]}
+        {"condition": "savor", "cue": "food", "duration": 10.0, "feedback": "intermittent"},
+        # The display shows an intermittent result during the next block.
+        {"condition": "fixation", "duration": 4.0}]}
     stage = DecoderFeedback(paradigm=Paradigm.from_dict(raw), smoothing=1, hrf_delay=4.0).fit()
     values = [stage.partial_fit(k, 2.0, p).value_ for k, p in
               enumerate([0.5, 0.5, 0.9, 0.9, 0.2, 0.4, 0.6])]
