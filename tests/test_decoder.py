@@ -201,29 +201,29 @@ def test_model_file_with_an_untrusted_type_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    """A simulated control's session: a localizer run (trains) and a regulation run."""
-    root = tmp_path_factory.mktemp("bids")
-    session = simulate_subject(root, "C01", "control", 2, paradigm=["localizer", "regulation"])
-    return root, session.runs_of("regulation")[0]
+@pytest.fixture(scope="module", params=[("C01", "control"), ("P01", "patient")],
+                ids=["control", "patient"])
+def session(request, tmp_path_factory):
+    """A simulated subject's session: a localizer run (trains) and a regulation run."""
+    subject, group = request.param
+    return simulate_subject(tmp_path_factory.mktemp("bids"), subject, group, 2,
+                            paradigm=["localizer", "regulation"])
 
 
 @pytest.fixture(scope="module")
-def trained(session, tmp_path_factory, ):
+def trained(session, tmp_path_factory):
     """``rtserver train`` run as a user would, on the atlas ROIs."""
     import subprocess
 
-    root, _ = session
-    model = tmp_path_factory.mktemp("models") / "C01.skops"
-    result = subprocess.run([command("rtserver"), "train", "--bids", str(root), "--subject",
-                             "C01", "--out", str(model)], capture_output=True, text=True,
-                            timeout=240)
+    model = tmp_path_factory.mktemp("models") / f"{session.subject}.skops"
+    result = subprocess.run([command("rtserver"), "train", "--bids", str(session.root),
+                             "--subject", session.subject, "--out", str(model)],
+                            capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
     return model, result.stdout
 
 
-def test_train_prints_scores_and_writes_model_and_card(trained):
+def test_train_prints_scores_and_writes_model_and_card(trained, session):
     model, stdout = trained
     assert "cross-validated" in stdout and "AUC" in stdout and "accuracy" in stdout
     card = json.loads(model.with_suffix(".json").read_text())
@@ -231,9 +231,12 @@ def test_train_prints_scores_and_writes_model_and_card(trained):
     assert card["labels"]["lag_s"] == 4.0
     assert card["cv_scores"]["auc"] > 0.9
     assert card["software"]["scikit-learn"]
-    # A control's drug-bias index (drug minus food response over the ROIs) is negative:
-    # the simulator plants food > drug in controls' cue-reactive ROIs.
-    assert card["drug_bias"]["index_percent"] < -0.1
+    # The drug-bias index (drug minus food response over the ROIs) has the sign of the
+    # one planted in this subject (the group's, shifted by the subject's own bias).
+    truth = json.loads(session.runs_of("localizer")[0].truth.read_text())["amplitudes_percent"]
+    planted = np.mean([truth[roi]["look_drug"] - truth[roi]["look_food"] for roi in truth])
+    assert abs(planted) > 0.1
+    assert np.sign(card["drug_bias"]["index_percent"]) == np.sign(planted)
     assert model.stat().st_size < 1_000_000
     decoder = load_decoder(model)
     assert decoder.card == card
@@ -255,14 +258,14 @@ def test_replay_with_model_decodes_drug_vs_food_online(trained, session, tmp_pat
     import subprocess
 
     model, _ = trained
-    _, run = session
+    run = session.runs_of("regulation")[0]
     out = tmp_path / "out"
     result = subprocess.run(
         [command("rtserver"), "replay", str(run.bold), "--out", str(out), "--model", str(model),
          "--paradigm", "regulation", "--asap", "--feedback", "tcp://127.0.0.1:*",
          "--results", "tcp://127.0.0.1:*"], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
-    prefix = "sub-C01_task-regulation_run-1"
+    prefix = f"sub-{session.subject}_task-regulation_run-1"
     with (out / f"{prefix}_desc-feedback_timeseries.tsv").open(newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     p_drug = np.array([float(r["p_drug"]) for r in rows])
@@ -287,11 +290,8 @@ def test_replay_with_model_decodes_drug_vs_food_online(trained, session, tmp_pat
 def test_shuffled_labels_give_chance_cross_validated_auc(session):
     """No leakage: with the volume labels permuted, the nested blocked CV AUC averages
     0.5 +- 0.1 (features: the ROI means and every 32nd voxel, to keep the test fast)."""
-    root, _ = session
-    (bold, events), = find_runs(root, "C01")
-    rois = RoiSet.from_file(str(bold).replace("/sub-C01/func/", "/derivatives/simulator/sub-C01/"
-                                              "func/").replace("_bold.nii.gz",
-                                                               "_space-EPI_desc-rois_dseg.nii.gz"))
+    (bold, events), = find_runs(session.root, session.subject)
+    rois = RoiSet.from_file(session.runs_of("localizer")[0].rois)
     run, _ = extract_features(bold, events, Config(), rois, None, 4.0, 4.0)
     x, y, groups = training_set([run])
     x = np.hstack([x[:, :-7][:, ::32], x[:, -7:]])
