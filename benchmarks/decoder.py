@@ -50,10 +50,12 @@ from rtserver.training import (
 )
 
 
-def simulate(root: Path, subject: str, group: str, seed: int, regulation: bool = True) -> None:
-    """The subject's localizer run, and a regulation run (each task has its own noise)."""
-    paradigms = ["localizer", "regulation"] if regulation else ["localizer"]
-    simulate_subject(root, subject, group, seed, paradigm=paradigms)
+def simulate(root: Path, subject: str, group: str, seed: int, regulation: bool = True,
+             localizer_runs: int = 2) -> None:
+    """The subject's localizer runs, and a regulation run (every run has its own noise)."""
+    simulate_subject(root, subject, group, seed, paradigm="localizer", n_runs=localizer_runs)
+    if regulation:
+        simulate_subject(root, subject, group, seed, paradigm="regulation")
 
 
 def online(decoder, bold: Path, kind: str = "classifier") -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +96,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
                 started = time.perf_counter()
                 subject = f"{group[0].upper()}{seed:02d}"
                 root = Path(tmp) / subject
-                simulate(root, subject, group, seed)
+                simulate(root, subject, group, seed, localizer_runs=args.localizer_runs)
                 decoder, scores = train_subject(root, subject, progress=False)
                 regulation = find_runs(root, subject, "regulation", [1])[0]
                 p_drug, censored = online(decoder, regulation[0])
@@ -137,7 +139,8 @@ def cmd_cohort(args: argparse.Namespace) -> None:
         plan += [(f"C{i:02d}", "control") for i in range(1, n_controls + 1)]
         for subject, group in plan:
             root = Path(tmp)
-            simulate(root, subject, group, args.seed, regulation=False)
+            simulate(root, subject, group, args.seed, regulation=False,
+                     localizer_runs=args.localizer_runs)
             indices[group].append(bias_index(root, subject))
             print(f"{subject} {group:8} drug-bias index {indices[group][-1]:+.3f} %", flush=True)
     patients, controls = np.array(indices["patient"]), np.array(indices["control"])
@@ -194,10 +197,14 @@ def main() -> None:
     validate = commands.add_parser("validate")
     validate.add_argument("--seeds", default="1,2,3")
     validate.add_argument("--groups", default="patient,control")
+    validate.add_argument("--localizer-runs", type=int, default=2,
+                          help="localizer runs the decoder is trained on (default 2)")
     validate.set_defaults(func=cmd_validate)
     cohort = commands.add_parser("cohort")
     cohort.add_argument("--cohort", default="10,10")
     cohort.add_argument("--seed", type=int, default=0)
+    cohort.add_argument("--localizer-runs", type=int, default=2,
+                        help="localizer runs per subject (default 2)")
     cohort.set_defaults(func=cmd_cohort)
     cost = commands.add_parser("cost")
     cost.add_argument("--repeats", type=int, default=3)

@@ -55,7 +55,12 @@ from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "rtserver-decoder/1"
+#: Version 2: the voxel features are centred within each ROI (:data:`FEATURES`); models of
+#: version 1 used the voxels' raw percent signal change and are refused (retrain them).
+MODEL_FORMAT = "rtserver-decoder/2"
+#: What the feature vector holds, in order (``Pipeline.features_``).
+FEATURES = ("percent signal change of each ROI voxel minus its ROI's mean over voxels (the "
+            "multivoxel pattern), then each ROI's mean")
 FEEDBACK_TYPES = ("classifier", "bias")
 #: Values of C (inverse L2 penalty) searched by the inner cross-validation.
 C_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)

@@ -192,6 +192,7 @@ class Pipeline:
         if self.keep_features:
             self.signal = self._signal_model(reference.tr).fit(
                 self.roi.n_voxels_ + len(self.roi.names_))
+            self._roi_sizes = self.roi.counts_.astype(np.intp)
             if self.decoder is not None and self.signal.n_features_ != self.decoder.n_features:
                 raise InputError(f"The decoder expects {self.decoder.n_features} features; "
                                  f"the ROIs give {self.signal.n_features_}.")
@@ -205,6 +206,23 @@ class Pipeline:
                 f"[roi] 'target' should name one of the ROIs {self.roi.names_}. Got {target!r}."
             )
         return self
+
+    def _patterns(self, psc: np.ndarray) -> np.ndarray:
+        """Decoder features from the signal model's output (:data:`FEATURES`): each ROI
+        voxel's percent signal change minus its ROI's mean over voxels, then the ROI means.
+
+        Centring removes the ROI's overall response from its voxels, so that the voxels
+        carry the multivoxel pattern and the ROI means the response's size: a decoder then
+        cannot take a strong response to one cue for the other cue's pattern (savoring
+        food raises every food-responsive voxel, without making the pattern drug-like).
+        """
+        n_voxels = self.roi.n_voxels_
+        voxels = psc[:n_voxels]
+        means = np.add.reduceat(voxels, self.roi.starts_) / self.roi.counts_
+        out = np.empty_like(psc)
+        np.subtract(voxels, np.repeat(means, self._roi_sizes), out=out[:n_voxels])
+        out[n_voxels:] = psc[n_voxels:]
+        return out
 
     def _signal_model(self, tr: float) -> SignalModel:
         """The signal model: the decoder's training settings if there is one (the features
@@ -248,8 +266,9 @@ class Pipeline:
         )
         if self.signal is not None:
             features = np.concatenate([voxels, roi_means])
-            self.features_ = self.signal.partial_fit(
+            psc = self.signal.partial_fit(
                 volume.index, volume.tr, features, estimate.params, censored=censored).psc_
+            self.features_ = self._patterns(psc)
         if self.decoder is not None:
             p_drug, decision = self.decoder.predict(self.features_, self.config.decoder.feedback)
             self.decoder_feedback.partial_fit(volume.index, volume.tr, p_drug, censored)

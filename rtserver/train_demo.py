@@ -32,7 +32,8 @@ def train_demo(out: Path = DEMO_MODEL, progress: bool = True) -> tuple[Path, Pat
     """Simulate the demo subject's localizer, train its decoder, write model and card."""
     with tempfile.TemporaryDirectory() as tmp:
         bids = Path(tmp) / "demo-bids"
-        simulate_subject(bids, SUBJECT, GROUP, SEED, paradigm="localizer", progress=progress)
+        simulate_subject(bids, SUBJECT, GROUP, SEED, paradigm="localizer", n_runs=2,
+                         progress=progress)
         decoder, scores = train_subject(bids, SUBJECT, config=Config(), progress=progress)
         paths = decoder.save(out)
     print(f"cross-validated AUC {scores.auc:.3f}, accuracy {scores.accuracy:.3f}; "  # noqa: T201

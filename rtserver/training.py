@@ -21,6 +21,7 @@ from rtserver.decoder import (
     C_GRID,
     DEFAULT_LAG,
     DEFAULT_SETTLE,
+    FEATURES,
     Decoder,
     read_events,
     software_versions,
@@ -312,7 +313,7 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
     bias_drug = x[y == 1, -n_rois:].mean(axis=0)
     bias_food = x[y == 0, -n_rois:].mean(axis=0)
     settings = {"lag": lag, "settle": settle, "signal": dict(vars(config.signal)),
-                "features": "percent signal change of each ROI voxel, then each ROI mean"}
+                "features": FEATURES}
     card = {
         "model": "drug-versus-food decoder of cortico-striatal ROI patterns",
         "format": "skops; load with rtserver.decoder.load_decoder (explicit trusted types)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -204,10 +205,12 @@ def test_model_file_with_an_untrusted_type_is_refused(tmp_path):
 @pytest.fixture(scope="module", params=[("C01", "control"), ("P01", "patient")],
                 ids=["control", "patient"])
 def session(request, tmp_path_factory):
-    """A simulated subject's session: a localizer run (trains) and a regulation run."""
+    """A simulated subject's session: two localizer runs (train) and a regulation run."""
     subject, group = request.param
-    return simulate_subject(tmp_path_factory.mktemp("bids"), subject, group, 2,
-                            paradigm=["localizer", "regulation"])
+    root = tmp_path_factory.mktemp("bids")
+    localizer = simulate_subject(root, subject, group, 2, paradigm="localizer", n_runs=2)
+    regulation = simulate_subject(root, subject, group, 2, paradigm="regulation")
+    return replace(localizer, runs=localizer.runs + regulation.runs)
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +293,7 @@ def test_replay_with_model_decodes_drug_vs_food_online(trained, session, tmp_pat
 def test_shuffled_labels_give_chance_cross_validated_auc(session):
     """No leakage: with the volume labels permuted, the nested blocked CV AUC averages
     0.5 +- 0.1 (features: the ROI means and every 32nd voxel, to keep the test fast)."""
-    (bold, events), = find_runs(session.root, session.subject)
+    (bold, events), = find_runs(session.root, session.subject, "localizer", [1])
     rois = RoiSet.from_file(session.runs_of("localizer")[0].rois)
     run, _ = extract_features(bold, events, Config(), rois, None, 4.0, 4.0)
     x, y, groups = training_set([run])
