@@ -334,6 +334,29 @@ def test_pipeline_registers_the_atlas_when_asked():
     assert list(event.rois) == [phantom.roi_names[k] for k in sorted(phantom.roi_names)]
 
 
+def test_decoder_features_are_roi_centred_voxels_then_roi_means():
+    """Pipeline.features_: the signal model's voxel PSC minus its ROI's mean over voxels,
+    then the ROI means' PSC, recomputed here from the signal model's own output."""
+    phantom = build_phantom((40, 48, 30), 3.5)
+    rois = RoiSet(labels=phantom.labels.astype(np.int32), affine=phantom.affine,
+                  names=dict(phantom.roi_names))
+    pipeline = Pipeline(Config(), rois=rois, keep_features=True)
+    rng = np.random.default_rng(1)
+    for k in range(6):
+        image = phantom.baseline * (1 + 0.01 * rng.standard_normal(phantom.shape))
+        pipeline.step(Volume(image.astype(np.float32), phantom.affine, index=k, tr=2.0))
+    psc = pipeline.signal.psc_
+    n_voxels = pipeline.roi.n_voxels_
+    labels = phantom.labels[phantom.labels > 0]  # the extractor's voxel order: by label
+    order = np.argsort(labels, kind="stable")
+    expected = psc[:n_voxels].copy()
+    for value in np.unique(labels):
+        inside = labels[order] == value
+        expected[inside] -= expected[inside].mean()
+    np.testing.assert_allclose(pipeline.features_[:n_voxels], expected, atol=1e-12)
+    np.testing.assert_array_equal(pipeline.features_[n_voxels:], psc[n_voxels:])
+
+
 def test_bias_score_is_0_at_the_food_and_1_at_the_drug_response(trained):
     decoder = load_decoder(trained[0])
     features = np.zeros(decoder.n_features)
