@@ -122,8 +122,12 @@ def bias_index(root: Path, subject: str) -> float:
     """Drug-bias index from the localizer: mean over ROIs of drug minus food response (%)."""
     config = Config().with_overrides(roi={"mask": "atlas"})
     runs: list[RunFeatures] = []
-    for bold, events in find_runs(root, subject):
-        run, _ = extract_features(bold, events, config, None, None, 4.0, 4.0)
+    files = find_runs(root, subject)
+    reference = next(iter(open_source(files[0][0])))  # as rtserver train: run 1, volume 0
+    rois = None  # the first run registers the atlas; the others reuse its ROIs
+    for bold, events in files:
+        run, pipeline = extract_features(bold, events, config, rois, reference, 4.0, 4.0)
+        rois = pipeline.rois
         runs.append(run)
     x, y, _ = training_set(runs)
     means = x[:, -7:]
