@@ -36,7 +36,7 @@ A config file is TOML with optional tables; anything left out keeps its default:
     drift_order = 2          # polynomial drift terms (t / drift_timescale)^k, k = 1..order
     drift_timescale = 300.0  # s
     despike = 3.0            # clip at this many residual SDs (0: off)
-    ridge = 1.0              # on X'X, every column but the constant
+    ridge = 30.0             # on X'X, every column but the constant (shrinks motion and drift fits)
     task_regressor = true    # fit (not remove) the paradigm's cue blocks * HRF
 
     [decoder]
@@ -121,7 +121,7 @@ class SignalConfig:
     drift_order: int = 2
     drift_timescale: float = 300.0
     despike: float = 3.0
-    ridge: float = 1.0
+    ridge: float = 30.0
     task_regressor: bool = True
 
 

@@ -20,11 +20,15 @@ neither enters the fit nor inflates the SD it is judged by).
 
 The coefficients are re-estimated at every volume from the volumes seen so far, by
 accumulating ``X'X`` and ``X'y`` (the normal equations of recursive least squares, with a
-small ridge ``ridge`` on every column but the constant so that the first volumes are well
-posed). Work per volume is O(p^2 n_features) with p the number of regressors (at most 10),
-independent of the run's length. The products are written with ``numpy.einsum``, which does
-not hand them to a multithreaded BLAS: on a loaded 2-core machine BLAS threads fighting for
-the cores made this stage 10-40 times slower (median 9-37 ms instead of 0.7 ms).
+ridge ``ridge`` on every column but the constant). The ridge makes the first volumes well
+posed and shrinks the motion and drift coefficients towards 0 until the data insist: with
+ridge 1, the six motion coefficients fitted on a few dozen volumes absorbed noise and task
+signal, and one simulated subject's decoding after a motion spike fell from AUC 1.00 to
+0.92; ridge 30 (the default) restores 1.00. Work per volume is O(p^2 n_features) with p
+the number of regressors (at most 10), independent of the run's length. The products are
+written with ``numpy.einsum``, which does not hand them to a multithreaded BLAS: on a loaded
+2-core machine BLAS threads fighting for the cores made this stage 10-40 times slower
+(median 9-37 ms instead of 0.7 ms).
 Censored (high-motion) volumes are left out of the fit, as scrubbing does.
 :func:`batch_signal` recomputes the same numbers from the whole design matrix with a
 least-squares solver; the online output equals it.
@@ -112,7 +116,7 @@ class SignalModel:
     """
 
     def __init__(self, drift_order: int = 2, drift_timescale: float = 300.0,
-                 despike: float = 3.0, ridge: float = 1.0,
+                 despike: float = 3.0, ridge: float = 30.0,
                  task: np.ndarray | None = None) -> None:
         self.drift_order = drift_order
         self.drift_timescale = drift_timescale
