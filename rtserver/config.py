@@ -36,7 +36,8 @@ A config file is TOML with optional tables; anything left out keeps its default:
     drift_order = 2          # polynomial drift terms (t / drift_timescale)^k, k = 1..order
     drift_timescale = 300.0  # s
     despike = 3.0            # clip at this many residual SDs (0: off)
-    ridge = 30.0             # on X'X, every column but the constant (shrinks motion and drift fits)
+    ridge = 10.0             # on X'X, drift and task columns
+    motion_ridge = 30.0      # on X'X, the six motion columns (mm^2; keeps early fits small)
     task_regressor = true    # fit (not remove) the paradigm's cue blocks * HRF
 
     [decoder]
@@ -121,7 +122,8 @@ class SignalConfig:
     drift_order: int = 2
     drift_timescale: float = 300.0
     despike: float = 3.0
-    ridge: float = 30.0
+    ridge: float = 10.0
+    motion_ridge: float = 30.0
     task_regressor: bool = True
 
 
@@ -262,6 +264,7 @@ def validate(config: Config) -> Config:
         (config.signal.drift_timescale > 0, "[signal] 'drift_timescale' should be > 0"),
         (config.signal.despike >= 0, "[signal] 'despike' should be >= 0 (0: off)"),
         (config.signal.ridge >= 0, "[signal] 'ridge' should be >= 0"),
+        (config.signal.motion_ridge >= 0, "[signal] 'motion_ridge' should be >= 0"),
         (config.decoder.feedback in ("classifier", "bias"),
          "[decoder] 'feedback' should be 'classifier' or 'bias'"),
         (config.decoder.smoothing >= 1, "[decoder] 'smoothing' should be >= 1 volume"),

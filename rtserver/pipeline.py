@@ -244,7 +244,7 @@ class Pipeline:
         return SignalModel(drift_order=int(settings["drift_order"]),
                            drift_timescale=float(settings["drift_timescale"]),
                            despike=float(settings["despike"]), ridge=float(settings["ridge"]),
-                           task=task)
+                           motion_ridge=float(settings["motion_ridge"]), task=task)
 
     def step(self, volume: Volume) -> FeedbackEvent:
         """Process one volume and return its feedback event (timestamps left to the caller).
