@@ -229,7 +229,9 @@ class Pipeline:
         must be computed as in training), else ``[signal]``."""
         settings = dict(vars(self.config.signal))
         if self.decoder is not None:
-            trained = self.decoder.settings.get("signal", {})
+            trained = dict(self.decoder.settings.get("signal", {}))
+            if "ridge" in trained and "motion_ridge" not in trained:
+                trained["motion_ridge"] = trained["ridge"]  # trained with one ridge for all
             if any(trained.get(k, v) != v for k, v in settings.items()):
                 log.info("signal model: using the decoder's training settings %s "
                          "instead of [signal] %s", trained, settings)

@@ -396,8 +396,18 @@ def test_train_without_a_localizer_is_a_one_line_error(tmp_path, capsys):
 
 def test_online_signal_model_uses_the_decoders_training_settings(trained):
     decoder = load_decoder(trained[0])
-    config = Config().with_overrides(signal={"drift_order": 0, "despike": 0.0})
+    config = Config().with_overrides(signal={"drift_order": 0, "despike": 0.0, "ridge": 2.0,
+                                             "motion_ridge": 3.0})
     pipeline = Pipeline(config, paradigm=Paradigm.from_file("regulation"), decoder=decoder)
     pipeline.fit(decoder.reference)
-    assert (pipeline.signal.drift_order, pipeline.signal.despike) == (2, 3.0)
-    assert pipeline.signal.task is not None
+    signal = pipeline.signal
+    assert (signal.drift_order, signal.despike, signal.ridge, signal.motion_ridge) == (
+        2, 3.0, 10.0, 30.0)
+    assert signal.task is not None
+    # A model trained with one ridge for every column (before motion_ridge) keeps it.
+    trained_signal = decoder.settings["signal"]
+    decoder.settings["signal"] = {**{k: v for k, v in trained_signal.items()
+                                     if k != "motion_ridge"}, "ridge": 1.0}
+    pipeline = Pipeline(config, paradigm=Paradigm.from_file("regulation"), decoder=decoder)
+    pipeline.fit(decoder.reference)
+    assert (pipeline.signal.ridge, pipeline.signal.motion_ridge) == (1.0, 1.0)
