@@ -26,8 +26,8 @@ keeps the drift and motion coefficients small until the data insist: fitted almo
 are nearly collinear early in a run, took up noise and the current block's response at the
 run's edge, and one simulated subject's decoding after a motion spike fell from AUC 1.00 to
 0.92. The drift and task columns get ``ridge`` (default 10), the six motion columns
-``motion_ridge`` (mm^2, default 30); with them that subject decodes at 1.00 (drift ridge
-alone 0.98, motion ridge alone 0.93). The price is slower drift removal early in a run: of
+``motion_ridge`` (mm^2, default 30); with them that subject decodes at 1.00 (30 on drift
+alone: 0.98; 30 on motion alone: 0.93). The price is slower drift removal early in a run: of
 a linear drift, 64 % is removed over volumes 60-100, 82 % over 100-150, 95 % after 200.
 Work per volume is O(p^2 n_features) with p the number of regressors (at most 10),
 independent of the run's length. The products are written with ``numpy.einsum``, which does
