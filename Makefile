@@ -19,7 +19,7 @@ demo: system venv
 
 # Regenerate the demo decoder shipped in models/ (deterministic; see models/README.md).
 demo-model: venv
-	$(BIN)/python -m rtserver.train_demo
+	$(BIN)/python -m rtserver.train.demo_model
 
 test: system venv tools
 	$(BIN)/ruff check rtserver feedback_display tests benchmarks

@@ -35,12 +35,12 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from rtserver.config import Config
-from rtserver.decoder import volume_labels
+from rtserver.core.decoder import volume_labels
+from rtserver.core.pipeline import Pipeline
 from rtserver.paradigm import Paradigm
-from rtserver.pipeline import Pipeline
-from rtserver.simulate import simulate_subject
-from rtserver.sources import open_source
-from rtserver.training import (
+from rtserver.scanner.sources import open_source
+from rtserver.sim.simulator import simulate_subject
+from rtserver.train.training import (
     RunFeatures,
     extract_features,
     find_runs,

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from rtserver.config import Config
-from rtserver.pipeline import Pipeline
-from rtserver.replay import replay
-from rtserver.server import Server
-from rtserver.simulate import simulate_subject
-from rtserver.sources import open_source
+from rtserver.core.pipeline import Pipeline
+from rtserver.scanner.sources import open_source
+from rtserver.service.replay import replay
+from rtserver.service.server import Server
+from rtserver.sim.simulator import simulate_subject
 
 
 def summary(values_ms: list[float]) -> str:

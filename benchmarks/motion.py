@@ -21,9 +21,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from rtserver.core.stages import MotionCorrector
 from rtserver.rigid import PARAMETER_NAMES, matrix_to_params, params_to_matrix
-from rtserver.simulate import simulate_subject
-from rtserver.stages import MotionCorrector
+from rtserver.sim.simulator import simulate_subject
 from rtserver.volume import Volume
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from rtserver.core.stages import MotionCorrector
 from rtserver.rigid import (
     PARAMETER_NAMES,
     grid_centre,
@@ -30,8 +31,7 @@ from rtserver.rigid import (
     params_to_matrix,
     read_afni_matrices,
 )
-from rtserver.simulate import apply_motion, simulate_subject
-from rtserver.stages import MotionCorrector
+from rtserver.sim.simulator import apply_motion, simulate_subject
 from rtserver.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[1]

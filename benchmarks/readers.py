@@ -1,4 +1,4 @@
-"""Time ``rtserver.readers.read_file`` per file, for each kind of scanner file there is data for.
+"""Time ``rtserver.scanner.readers.read_file`` per file, for each kind of scanner file there is data for.
 
 Every file under ../shared/data/dicom (when present) and tests/data is read once to warm up
 and to learn its kind (files that are foreign or incomplete are left out); then each kind's
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rtserver.errors import InputError
-from rtserver.readers import KINDS, read_file
+from rtserver.scanner.readers import KINDS, read_file
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the data is, by the short name printed before its folders.

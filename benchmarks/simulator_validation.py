@@ -27,8 +27,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from nilearn.glm.first_level import FirstLevelModel  # noqa: E402
 
+from rtserver.core.hrf import condition_regressors  # noqa: E402
 from rtserver.paradigm import Paradigm  # noqa: E402
-from rtserver.simulate import CUE_REACTIVE_ROIS, condition_regressors, simulate_cohort  # noqa: E402
+from rtserver.sim.simulator import CUE_REACTIVE_ROIS, simulate_cohort  # noqa: E402
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "simulator_recovery.png"
 

@@ -1,6 +1,6 @@
 """Latency from a file being complete in a watched folder to its volume reaching the server.
 
-A writer thread puts real scanner files into a folder at a fixed pace (rtserver.export_writer)
+A writer thread puts real scanner files into a folder at a fixed pace (rtserver.scanner.export_writer)
 while ``watch_and_send`` follows the folder and sends each volume over ZeroMQ (loopback) to
 ``rtserver serve`` running as its own process, as bridge and server do in a session. For
 every volume the latency is the server's receive time minus the time the writer finished
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from rtserver.bridge import ScannerBridge
-from rtserver.export_writer import ExportPlan, ExportWriter, groups_by_volume
-from rtserver.readers import read_file
-from rtserver.watch import watch_and_send
+from rtserver.scanner.export_writer import ExportPlan, ExportWriter, groups_by_volume
+from rtserver.scanner.readers import read_file
+from rtserver.scanner.watch import watch_and_send
+from rtserver.service.bridge import ScannerBridge
 
 ROOT = Path(__file__).resolve().parents[1]
 MOSAIC = ROOT / "tests" / "data" / "siemens_mosaic_skyra_10vol"

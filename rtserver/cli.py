@@ -16,7 +16,7 @@ from rtserver import __version__
 from rtserver.config import load_config
 from rtserver.errors import InputError, RtfmriError
 from rtserver.protocol import DEFAULT_FEEDBACK, DEFAULT_RESULTS, DEFAULT_VOLUMES
-from rtserver.readers import FORMATS
+from rtserver.scanner.readers import FORMATS
 
 log = logging.getLogger("rtserver")
 
@@ -273,7 +273,7 @@ def _handle_signals(server) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``rtserver serve``."""
-    from rtserver.server import Server
+    from rtserver.service.server import Server
 
     server = Server(_config_from(args), args.out, n_volumes=args.n_volumes,
                     wait_display=args.wait_display)
@@ -287,8 +287,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     """``rtserver send``."""
     from tqdm import tqdm
 
-    from rtserver.bridge import ScannerBridge
-    from rtserver.sources import open_source
+    from rtserver.scanner.sources import open_source
+    from rtserver.service.bridge import ScannerBridge
 
     if args.watch:
         return _send_watched(args)
@@ -315,8 +315,8 @@ def _send_watched(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from rtserver.bridge import ScannerBridge
-    from rtserver.watch import watch_and_send
+    from rtserver.scanner.watch import watch_and_send
+    from rtserver.service.bridge import ScannerBridge
 
     if args.speed is not None or args.asap:
         raise InputError("--speed and --asap pace a replay; with --watch volumes go as the "
@@ -355,9 +355,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """``rtserver replay``."""
     from tqdm import tqdm
 
-    from rtserver.replay import output_prefix_from_source, replay
-    from rtserver.server import Server
-    from rtserver.sources import open_source
+    from rtserver.scanner.sources import open_source
+    from rtserver.service.replay import output_prefix_from_source, replay
+    from rtserver.service.server import Server
 
     _check_tr(args)
     source = open_source(args.source, tr=args.tr)
@@ -380,7 +380,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``rtserver simulate``."""
-    from rtserver import simulate
+    from rtserver import sim as simulate
 
     try:
         shape = tuple(int(n) for n in args.shape.split(","))
@@ -406,14 +406,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``rtserver train``."""
-    from rtserver.training import train_subject
+    from rtserver.service.model_file import save_decoder
+    from rtserver.train.training import train_subject
 
     if args.out.suffix != ".skops":
         raise InputError(f"--out should name a .skops file. Got {args.out}.")
     config = load_config(args.config).with_overrides(roi={"mask": args.roi})
     decoder, scores = train_subject(args.bids, args.subject, config=config, task=args.task,
                                     runs=args.runs, lag=args.lag, progress=True)
-    model, card = decoder.save(args.out)
+    model, card = save_decoder(decoder, args.out)
     n = decoder.card["training_data"]["n_training_volumes"]
     registration = decoder.card["rois"]["registration"]
     if registration:

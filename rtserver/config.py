@@ -61,6 +61,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from rtserver import bids
 from rtserver.errors import ConfigError
 from rtserver.protocol import DEFAULT_FEEDBACK, DEFAULT_RESULTS, DEFAULT_VOLUMES, is_endpoint
 
@@ -85,7 +86,7 @@ class RunConfig:
     @property
     def prefix(self) -> str:
         """``sub-<subject>_task-<task>_run-<run>``."""
-        return f"sub-{self.subject}_task-{self.task}_run-{self.run}"
+        return bids.prefix(self.subject, self.task, self.run)
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,17 @@ class MotionConfig:
     reslice: bool = False
 
 
+#: ``[roi] mask`` value that asks for the atlas ROIs registered to the reference volume.
+ATLAS = "atlas"
+
+
 @dataclass(frozen=True)
 class RoiConfig:
-    """Where the ROIs come from and which one drives the feedback."""
+    """Where the ROIs come from and which one drives the feedback.
+
+    ``mask``: a label image in the run's EPI space, :data:`ATLAS` for the MNI atlases
+    registered to the reference, or ``None``.
+    """
 
     mask: str | None = None
     target: str | None = None
@@ -117,7 +126,7 @@ class RoiConfig:
 
 @dataclass(frozen=True)
 class SignalConfig:
-    """The online signal model of the decoder's features (:mod:`rtserver.stages.signal`)."""
+    """The online signal model of the decoder's features (:mod:`rtserver.core.stages.signal`)."""
 
     drift_order: int = 2
     drift_timescale: float = 300.0

@@ -3,7 +3,7 @@
 1. simulate a patient's regulation run (a BIDS dataset with known truth);
 2. start ``rtserver serve`` (waiting for the display to subscribe) with the demo decoder
    shipped in ``models/`` (trained on the same simulated patient's localizer by
-   ``python -m rtserver.train_demo``); without that file, the feedback is the NAcc's
+   ``python -m rtserver.train.demo_model``); without that file, the feedback is the NAcc's
    percent signal change;
 3. start ``feedback-display`` (windowed, saving a screenshot per feedback event);
 4. start ``rtserver send`` replaying the simulated run at an accelerated TR;
@@ -57,7 +57,7 @@ def run_demo(out: Path, speed: float = 8.0, display: bool = True, timeout: float
     timeout : float
         Seconds after which a part still running counts as failed.
     """
-    from rtserver.simulate import simulate_subject
+    from rtserver.sim.simulator import simulate_subject
 
     out = Path(out).resolve()
     bids, output, screenshots = out / "bids", out / "output", out / "screenshots"
@@ -83,7 +83,7 @@ def run_demo(out: Path, speed: float = 8.0, display: bool = True, timeout: float
         log.info("feedback from the demo decoder %s", DEMO_MODEL)
         server_cmd += ["--model", str(DEMO_MODEL)]
     else:
-        log.warning("no demo decoder at %s (python -m rtserver.train_demo writes it); the "
+        log.warning("no demo decoder at %s (python -m rtserver.train.demo_model writes it); the "
                     "feedback is the NAcc's percent signal change", DEMO_MODEL)
         server_cmd += ["--roi", str(run.rois), "--target", "nacc"]
     display_cmd = [

@@ -15,24 +15,23 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from rtserver.bids import read_events
 from rtserver.config import Config
-from rtserver.decoder import (
-    MODEL_FORMAT,
-    LinearReadout,
-    load_decoder,
-    read_events,
-    volume_labels,
-)
+from rtserver.core.decoder import LinearReadout, volume_labels
+from rtserver.core.hrf import paradigm_task_regressor
+from rtserver.core.pipeline import Pipeline
+from rtserver.core.registration import atlas_rois
+from rtserver.core.stages import DecoderFeedback, SignalModel
+from rtserver.core.stages.roi import RoiSet
+from rtserver.core.stages.signal import batch_signal, design_row
 from rtserver.errors import InputError
 from rtserver.paradigm import Paradigm
-from rtserver.pipeline import Pipeline
-from rtserver.registration import atlas_rois
-from rtserver.simulate import build_phantom, simulate_subject
-from rtserver.sources import open_source
-from rtserver.stages import DecoderFeedback, SignalModel
-from rtserver.stages.roi import RoiSet
-from rtserver.stages.signal import batch_signal, design_row, paradigm_task_regressor
-from rtserver.training import (
+from rtserver.resources import load_atlas, load_template
+from rtserver.scanner.sources import open_source
+from rtserver.service.model_file import MODEL_FORMAT, load_decoder
+from rtserver.service.session import Session, read_rois
+from rtserver.sim.simulator import build_phantom, simulate_subject
+from rtserver.train.training import (
     extract_features,
     find_runs,
     nested_cross_validation,
@@ -172,7 +171,7 @@ def test_intermittent_feedback_is_shown_at_the_end_of_the_block():
 def test_atlas_registration_recovers_the_simulated_rois():
     phantom = build_phantom((64, 64, 36), 3.5)
     reference = Volume(phantom.baseline.astype(np.float32), phantom.affine, index=0, tr=2.0)
-    rois, quality = atlas_rois(reference)
+    rois, quality = atlas_rois(reference, load_template(), load_atlas())
     assert quality.dice > 0.95
     for value, name in phantom.roi_names.items():
         ours, truth = rois.labels == value, phantom.labels == value
@@ -182,7 +181,7 @@ def test_atlas_registration_recovers_the_simulated_rois():
 
 def test_atlas_registration_of_a_real_epi_passes_quality_control():
     reference = next(iter(open_source(SIEMENS_NIFTI)))
-    rois, quality = atlas_rois(reference)
+    rois, quality = atlas_rois(reference, load_template(), load_atlas())
     assert quality.dice >= 0.85
     assert sorted(rois.names.values())[0] == "acc"
 
@@ -197,7 +196,7 @@ def test_atlas_registration_refuses_what_is_not_a_brain(case):
         np.random.default_rng(0).shuffle(data)
         reference = Volume(data.reshape(brain.shape), brain.affine, index=0, tr=2.0)
     with pytest.raises(InputError, match="Atlas registration to the reference volume refused"):
-        atlas_rois(reference)
+        atlas_rois(reference, load_template(), load_atlas())
 
 
 # --------------------------------------------------------------------------- model files
@@ -312,7 +311,7 @@ def test_shuffled_labels_give_chance_cross_validated_auc(session):
     """No leakage: with the volume labels permuted, the nested blocked CV AUC averages
     0.5 +- 0.1 (features: the ROI means and every 32nd voxel, to keep the test fast)."""
     (bold, events), = find_runs(session.root, session.subject, "localizer", [1])
-    rois = RoiSet.from_file(session.runs_of("localizer")[0].rois)
+    rois = read_rois(session.runs_of("localizer")[0].rois)
     run, _ = extract_features(bold, events, Config(), rois, None, 4.0, 4.0)
     x, y, groups = training_set([run])
     x = np.hstack([x[:, :-7][:, ::32], x[:, -7:]])
@@ -346,7 +345,8 @@ def test_signal_and_decoder_tables_are_validated(tmp_path):
 def test_pipeline_registers_the_atlas_when_asked():
     phantom = build_phantom((64, 64, 36), 3.5)
     reference = Volume(phantom.baseline.astype(np.float32), phantom.affine, index=0, tr=2.0)
-    pipeline = Pipeline(Config().with_overrides(roi={"mask": "atlas", "target": "nacc"}))
+    pipeline = Session.from_config(
+        Config().with_overrides(roi={"mask": "atlas", "target": "nacc"})).pipeline()
     event = pipeline.step(reference)
     assert pipeline.registration_.dice > 0.95
     assert list(event.rois) == [phantom.roi_names[k] for k in sorted(phantom.roi_names)]

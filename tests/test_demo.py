@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from rtserver.decoder import volume_labels
+from rtserver.core.decoder import volume_labels
+from rtserver.core.hrf import condition_regressors
 from rtserver.demo import DEMO_MODEL
 from rtserver.paradigm import Paradigm
-from rtserver.simulate import condition_regressors
 
 from .conftest import command
 

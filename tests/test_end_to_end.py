@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from rtserver import protocol
-from rtserver.sources import open_source
+from rtserver.scanner.sources import open_source
 from rtserver.volume import Volume
 
 from .conftest import SIEMENS_MOSAIC, command
@@ -303,8 +303,8 @@ def test_pacing_at_the_tr_spaces_the_volumes(tmp_path):
     import time
 
     from rtserver.config import Config
-    from rtserver.replay import replay
-    from rtserver.server import Server
+    from rtserver.service.replay import replay
+    from rtserver.service.server import Server
 
     source = open_source(SIEMENS_MOSAIC)
     config = Config().with_overrides(network={"volumes": ANY_PORT, "feedback": ANY_PORT,

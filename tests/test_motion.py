@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from rtserver.config import Config
+from rtserver.core.stages import MotionCorrector
 from rtserver.errors import InputError, StateError
-from rtserver.pipeline import Pipeline
-from rtserver.replay import replay
 from rtserver.rigid import grid_centre, matrix_to_params, params_to_matrix, read_afni_matrices
-from rtserver.server import Server
-from rtserver.sources import open_source
-from rtserver.stages import MotionCorrector
+from rtserver.scanner.sources import open_source
+from rtserver.service.replay import replay
+from rtserver.service.server import Server
+from rtserver.service.session import Session
 
 from .conftest import DATA, SHARED_DATA, SIEMENS_NIFTI
 from .motion_truth import as_volume, move_volume, noisy
@@ -170,7 +170,7 @@ def test_one_volume_at_a_time_equals_the_whole_run_at_once():
 
 def test_planted_motion_of_a_simulated_run_is_recovered(tmp_path):
     """The simulator's truth (relative to volume 0) within 0.05 mm / 0.05 degrees RMS."""
-    from rtserver.simulate import simulate_subject
+    from rtserver.sim.simulator import simulate_subject
 
     run = simulate_subject(tmp_path, "01", "patient", seed=3, shape=(48, 48, 30),
                            voxel_size=4.0).runs[0]
@@ -251,7 +251,7 @@ def test_reference_can_come_from_another_run(tmp_path):
     volumes = list(open_source(SIEMENS_NIFTI))
     config = Config().with_overrides(motion={"reference": str(SIEMENS_NIFTI),
                                              "reference_index": 3})
-    pipeline = Pipeline(config)
+    pipeline = Session.from_config(config).pipeline()
     for volume in volumes:
         pipeline.step(volume)
         if volume.index == 3:
@@ -262,7 +262,7 @@ def test_reference_can_come_from_another_run(tmp_path):
     np.testing.assert_allclose(pipeline.motion_estimate.params, expected.estimate_.params,
                                atol=1e-12)
     with pytest.raises(InputError, match="has 10 volumes; volume 12 was asked for"):
-        Pipeline(config.with_overrides(motion={"reference_index": 12}))
+        Session.from_config(config.with_overrides(motion={"reference_index": 12}))
 
 
 def test_reference_on_another_grid_is_used_in_world_space():

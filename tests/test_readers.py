@@ -1,4 +1,4 @@
-"""Every file a real-time export folder can hold, read by rtserver.readers and compared with dcm2niix.
+"""Every file a real-time export folder can hold, read by rtserver.scanner.readers and compared with dcm2niix.
 
 The real series come from two places: small subsets checked in under tests/data (always run)
 and the shared real-data collection next to the repository (skipped when it is absent).
@@ -34,7 +34,8 @@ from pydicom.uid import (
 )
 
 from rtserver.errors import InputError
-from rtserver.readers import (
+from rtserver.rigid import LPS_TO_RAS
+from rtserver.scanner.readers import (
     FORMATS,
     ForeignFileError,
     IncompleteFileError,
@@ -43,7 +44,6 @@ from rtserver.readers import (
     is_complete_file,
     read_file,
 )
-from rtserver.rigid import LPS_TO_RAS
 
 from .conftest import DATA, SHARED_DATA, SIEMENS_MOSAIC, SIEMENS_NIFTI, TRUNCATED_DICOM
 

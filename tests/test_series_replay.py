@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from rtserver.config import Config
-from rtserver.replay import replay
-from rtserver.server import Server
-from rtserver.sources import open_source
+from rtserver.scanner.sources import open_source
+from rtserver.service.replay import replay
+from rtserver.service.server import Server
 
 from .test_readers import (
     LOCAL_SERIES,

@@ -18,15 +18,17 @@ import pytest
 from scipy import ndimage, signal, stats
 
 from rtserver import __version__
+from rtserver.core.atlas import ROI_DEFINITIONS
+from rtserver.core.hrf import condition_regressors
 from rtserver.errors import InputError
 from rtserver.paradigm import Paradigm
+from rtserver.resources import load_atlas
 from rtserver.rigid import framewise_displacement, grid_centre, params_to_matrix, voxel_mapping
-from rtserver.simulate import (
+from rtserver.sim.simulator import (
     CUE_REACTIVE_ROIS,
     GROUP_AMPLITUDES,
     MOTION_DRIFT_MAX,
     PATTERN_SD,
-    ROI_DEFINITIONS,
     SUBJECT_BIAS_SD_PERCENT,
     SUBJECT_SD_PERCENT,
     Activation,
@@ -34,9 +36,7 @@ from rtserver.simulate import (
     _padded_phantom,
     _Renderer,
     apply_motion,
-    atlas_labels,
     build_phantom,
-    condition_regressors,
     motion_trajectory,
     simulate_cohort,
     simulate_subject,
@@ -315,7 +315,7 @@ def test_atlas_regions_are_found_by_name():
     lines = label_file.read_text(encoding="utf-8").split("\n")
     indices = {lines[k].strip(): int(lines[k + 1].split()[0])
                for k in range(0, len(lines) - 1, 2) if lines[k].strip()}
-    assert dict(atlas_labels()) == indices
+    assert dict(load_atlas().index) == indices
     assert indices["NAc-shell-rh"] == 9 and indices["aCAU-lh"] == 31  # Tian S2 order
     assert indices["7Networks_LH_Limbic_OFC_1"] > 32  # Schaefer parcels follow Tian's 32
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rtserver.errors import InputError
-from rtserver.sources import open_source
+from rtserver.scanner.sources import open_source
 
 from .conftest import SIEMENS_MOSAIC, SIEMENS_NIFTI, TRUNCATED_DICOM
 

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 from rtserver.config import Config
+from rtserver.core.pipeline import Pipeline
+from rtserver.core.stages import FeedbackScaler, MotionCorrector, RoiExtractor, RoiSet
 from rtserver.errors import InputError
-from rtserver.pipeline import Pipeline
 from rtserver.rigid import (
     framewise_displacement,
     grid_centre,
     matrix_to_params,
     params_to_matrix,
 )
-from rtserver.simulate import apply_motion
-from rtserver.sources import open_source
-from rtserver.stages import FeedbackScaler, MotionCorrector, RoiExtractor, RoiSet
+from rtserver.scanner.sources import open_source
+from rtserver.sim.simulator import apply_motion
 from rtserver.volume import Volume
 
 from .conftest import SIEMENS_MOSAIC

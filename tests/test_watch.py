@@ -1,6 +1,6 @@
 """Watching a live export folder: real series written the way a scanner writes them.
 
-A writer thread (rtserver.export_writer) puts real files into a folder at the acquisition
+A writer thread (rtserver.scanner.export_writer) puts real files into a folder at the acquisition
 pace - some in pieces, one cut short and completed later, slices out of order, foreign
 files in between - while the watcher sends volumes to a real server over ZeroMQ. What the
 server records is compared with the same series read offline (whose reading the reader
@@ -20,12 +20,12 @@ import pytest
 
 from rtserver import protocol
 from rtserver.config import Config
-from rtserver.export_writer import ExportPlan, ExportWriter, groups_by_volume
-from rtserver.readers import ForeignFileError, Piece, read_file
-from rtserver.replay import ServerThread
-from rtserver.server import Server
-from rtserver.sources import open_source
-from rtserver.watch import SeriesAssembler, watch_and_send
+from rtserver.scanner.export_writer import ExportPlan, ExportWriter, groups_by_volume
+from rtserver.scanner.readers import ForeignFileError, Piece, read_file
+from rtserver.scanner.sources import open_source
+from rtserver.scanner.watch import SeriesAssembler, watch_and_send
+from rtserver.service.replay import ServerThread
+from rtserver.service.server import Server
 
 from .conftest import SHARED_DATA, SIEMENS_MOSAIC, SIEMENS_NIFTI, TRUNCATED_DICOM
 
@@ -131,7 +131,7 @@ def run_watched(tmp_path, plan: ExportPlan, n_volumes: int, **options):
                                               "results": ANY_PORT})
     server = Server(config, tmp_path / "out")
     thread = ServerThread(server).start()
-    from rtserver.bridge import ScannerBridge
+    from rtserver.service.bridge import ScannerBridge
 
     writer = ExportWriter(plan, tmp_path / "export").start()
     try:

@@ -15,8 +15,8 @@ from collections import deque
 
 import numpy as np
 
+from rtserver.core.stages._base import check_is_fitted
 from rtserver.paradigm import Block, Paradigm
-from rtserver.stages._base import check_is_fitted
 
 
 class FeedbackScaler:

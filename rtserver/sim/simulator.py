@@ -55,12 +55,15 @@ from types import MappingProxyType
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage
 from tqdm import tqdm
 
-from rtserver import __version__
+from rtserver import __version__, bids
+from rtserver.core.atlas import ROI_DEFINITIONS, label_rois, matching_regions
+from rtserver.core.hrf import condition_regressors
 from rtserver.errors import InputError
 from rtserver.paradigm import Paradigm
+from rtserver.resources import load_atlas, load_template
 from rtserver.rigid import (
     PARAMETER_NAMES,
     framewise_displacement,
@@ -74,36 +77,9 @@ logger = logging.getLogger(__name__)
 #: A paradigm (shipped name, file or object) or a sequence of them.
 ParadigmChoice = str | Path | Paradigm | Sequence[str | Path | Paradigm]
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-TEMPLATE_FILE = DATA_DIR / "mni152" / "MNI152_T1_3mm.nii.gz"
-TEMPLATE_MASK_FILE = DATA_DIR / "mni152" / "MNI152_T1_3mm_brain_mask.nii.gz"
-ATLAS_DIR = DATA_DIR / "schaefer200_tian_s2"
-ATLAS_FILE = ATLAS_DIR / ("Schaefer2018_200Parcels_7Networks_order_Tian_Subcortex_S2_"
-                          "MNI152NLin6Asym_2mm.nii.gz")
-ATLAS_LABEL_FILE = ATLAS_DIR / "Schaefer2018_200Parcels_7Networks_order_Tian_Subcortex_S2_label.txt"
-
 GROUPS = ("patient", "control")
-BIDS_VERSION = "1.9.0"
 SIMULATOR_NAME = "rtserver simulate"
 
-#: ROIs of the label image: index in the ``dseg`` image -> (name, atlas region patterns).
-#: Each pattern is a region name of the Schaefer-200 + Tian S2 label file, or a prefix
-#: ending in ``*``; both hemispheres are listed. Regions are looked up by name in the label
-#: file, never by number. Tian S2 divides the caudate into anterior (head, adjoining the
-#: nucleus accumbens) and posterior (body) parts, which stand in for the ventral and
-#: dorsal caudate.
-ROI_DEFINITIONS = MappingProxyType({
-    1: ("nacc", ("NAc-shell-rh", "NAc-core-rh", "NAc-shell-lh", "NAc-core-lh")),
-    2: ("ventral_caudate", ("aCAU-rh", "aCAU-lh")),
-    3: ("dorsal_caudate", ("pCAU-rh", "pCAU-lh")),
-    4: ("putamen", ("aPUT-rh", "pPUT-rh", "aPUT-lh", "pPUT-lh")),
-    5: ("vmpfc_ofc", ("7Networks_LH_Limbic_OFC_*", "7Networks_RH_Limbic_OFC_*",
-                      "7Networks_RH_Default_PFCv_*")),
-    6: ("acc", ("7Networks_LH_SalVentAttn_Med_*", "7Networks_RH_SalVentAttn_Med_*")),
-    7: ("ifg_dlpfc", ("7Networks_LH_SalVentAttn_FrOperIns_*",
-                      "7Networks_RH_SalVentAttn_FrOperIns_*",
-                      "7Networks_LH_Cont_PFCl_*", "7Networks_RH_Cont_PFCl_*")),
-})
 #: ROIs whose drug and food responses follow the group (the finding); the others respond
 #: to every cue alike in both groups.
 CUE_REACTIVE_ROIS = ("nacc", "ventral_caudate", "vmpfc_ofc", "ifg_dlpfc")
@@ -191,7 +167,6 @@ DRIFT_MAX_PERCENT = (1.0, 0.5)
 #: Mean brain intensity the EPI contrast is scaled to.
 BRAIN_INTENSITY = 1000.0
 #: Time resolution of the HRF convolution, in steps per TR.
-OVERSAMPLING = 16
 GZIP_LEVEL = 1
 
 
@@ -441,59 +416,6 @@ def build_phantom(shape: Sequence[int], voxel_size: float) -> Phantom:
     return _build_phantom(_check_shape(shape), _check_positive("voxel_size", voxel_size))
 
 
-def canonical_hrf(dt: float, length: float = 32.0) -> np.ndarray:
-    """SPM's canonical double-gamma HRF sampled every ``dt`` seconds, summing to 1.
-
-    Peak gamma of shape 6 (mode 5 s), undershoot gamma of shape 16 (mode 15 s), undershoot
-    ratio 1/6. Summing to 1 makes a long block's plateau equal to the block's amplitude.
-
-    Parameters
-    ----------
-    dt : float
-        Sampling interval (s).
-    length : float
-        Duration of the kernel (s).
-
-    Returns
-    -------
-    numpy.ndarray
-    """
-    t = np.arange(0.0, length, dt)
-    hrf = stats.gamma.pdf(t, 6.0) - stats.gamma.pdf(t, 16.0) / 6.0
-    return hrf / hrf.sum()
-
-
-def condition_regressors(paradigm: Paradigm,
-                         oversampling: int = OVERSAMPLING) -> dict[str, np.ndarray]:
-    """HRF-convolved block regressors, one per ``trial_type``, sampled at each volume.
-
-    Parameters
-    ----------
-    paradigm : Paradigm
-        The run.
-    oversampling : int
-        Time steps per TR for the convolution.
-
-    Returns
-    -------
-    dict
-        ``trial_type`` -> array of ``paradigm.n_volumes`` values (1 on a long block's plateau).
-    """
-    dt = paradigm.tr / oversampling
-    n_fine = paradigm.n_volumes * oversampling
-    hrf = canonical_hrf(dt)
-    boxcars: dict[str, np.ndarray] = {}
-    for event in paradigm.events():
-        start = round(event["onset"] / dt)
-        stop = round((event["onset"] + event["duration"]) / dt)
-        boxcar = boxcars.setdefault(event["trial_type"], np.zeros(n_fine))
-        boxcar[start:stop] = 1.0
-    return {
-        trial_type: np.convolve(boxcar, hrf)[:n_fine:oversampling]
-        for trial_type, boxcar in boxcars.items()
-    }
-
-
 def apply_motion(image: np.ndarray, matrix: np.ndarray, affine: np.ndarray, *,
                  order: int = 3, mode: str = "nearest") -> np.ndarray:
     """Move a head: the volume ``V`` with ``V(matrix @ x) = image(x)`` on the same grid.
@@ -583,12 +505,12 @@ def _padded_phantom(shape: tuple[int, int, int], voxel_size: float, pad: int) ->
     The anatomy that moves into the field of view comes from the padding. Cropping the
     padding gives the unpadded phantom (intensities are scaled on the inner grid).
     """
-    template_img = nib.load(TEMPLATE_FILE)
+    template = load_template()
     epi_contrast, soft_mask, centre = _template_in_epi_contrast(voxel_size)
     padded_shape = tuple(n + 2 * pad for n in shape)
     affine = _epi_affine(shape, voxel_size, centre)
     affine[:3, 3] -= pad * voxel_size
-    to_template = np.linalg.inv(template_img.affine) @ affine
+    to_template = np.linalg.inv(template.affine) @ affine
     intensity = _resample(epi_contrast, to_template, padded_shape, order=1)
     mask_fraction = _resample(soft_mask, to_template, padded_shape, order=1)
     baseline = np.clip(intensity * mask_fraction, 0.0, None)
@@ -611,31 +533,17 @@ def _template_in_epi_contrast(voxel_size: float) -> tuple[np.ndarray, np.ndarray
     The images, on the template's grid, are smoothed to anti-alias them for sampling at
     ``voxel_size``; the centre (world, mm) is the centre of mass of the brain mask.
     """
-    template_img = nib.load(TEMPLATE_FILE)
-    template = np.asarray(template_img.dataobj, dtype=np.float64)
-    template_mask = _filled_mask(np.asarray(nib.load(TEMPLATE_MASK_FILE).dataobj,
-                                            dtype=np.float64))
-    epi_contrast = _epi_contrast(template, template_mask)
+    template = load_template()
+    template_mask = template.brain_mask
+    epi_contrast = template.epi_contrast()
     soft_mask = template_mask.astype(np.float64)
-    template_zoom = float(np.mean(template_img.header.get_zooms()[:3]))
+    template_zoom = template.zoom
     fwhm = math.sqrt(max(voxel_size**2 - template_zoom**2, 0.0))
     sigma = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / template_zoom
     if sigma > 0:
         epi_contrast = ndimage.gaussian_filter(epi_contrast, sigma)
         soft_mask = ndimage.gaussian_filter(soft_mask, sigma)
-    return epi_contrast, soft_mask, _mask_centre(template_mask, template_img.affine)
-
-
-def _filled_mask(mask: np.ndarray) -> np.ndarray:
-    """The template's brain mask with the ventricles (holes, axial slice by slice) filled.
-
-    The shipped 3 mm mask is fractional and partly leaves out the ventricles, which an EPI
-    image shows bright.
-    """
-    brain = ndimage.binary_fill_holes(mask > 0.5)
-    for z in range(brain.shape[2]):
-        brain[:, :, z] = ndimage.binary_fill_holes(brain[:, :, z])
-    return brain
+    return epi_contrast, soft_mask, _mask_centre(template_mask, template.affine)
 
 
 def _mask_centre(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -652,13 +560,6 @@ def _epi_affine(shape: tuple[int, int, int], voxel_size: float,
     return affine
 
 
-def _epi_contrast(t1: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Remap T1 intensities to a T2*-like contrast: CSF 1.3, grey ~1.05, white 0.85."""
-    csf, white = np.percentile(t1[mask], [2.0, 95.0])
-    tissue = np.clip((t1 - csf) / (white - csf), 0.0, 1.0)  # 0 CSF ... 1 white matter
-    return np.where(mask, 1.3 - 0.45 * tissue, 0.0)
-
-
 def _resample(image: np.ndarray, to_source: np.ndarray, shape: tuple[int, int, int], *,
               order: int) -> np.ndarray:
     """Sample ``image`` at ``to_source @ ijk`` for every voxel ``ijk`` of ``shape``."""
@@ -668,54 +569,11 @@ def _resample(image: np.ndarray, to_source: np.ndarray, shape: tuple[int, int, i
 
 def _roi_labels(shape: tuple[int, int, int],
                 affine: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
-    atlas_img = nib.load(ATLAS_FILE)
-    atlas = np.rint(np.asarray(atlas_img.dataobj, dtype=np.float64)).astype(np.int16)
-    atlas_index = atlas_labels()
-    to_atlas = np.linalg.inv(atlas_img.affine) @ affine
-    resampled = _resample(atlas, to_atlas, shape, order=0)
-    labels = np.zeros(shape, dtype=np.int16)
-    roi_names = {}
-    for index, (name, patterns) in ROI_DEFINITIONS.items():
-        regions = _matching_regions(patterns, atlas_index)
-        labels[np.isin(resampled, [atlas_index[region] for region in regions])] = index
-        roi_names[index] = name
-    return labels, roi_names
-
-
-@functools.cache
-def atlas_labels() -> Mapping[str, int]:
-    """Region name -> index in the atlas image, read from the atlas's label file.
-
-    The file alternates a name line and an ``index R G B A`` line.
-
-    Raises
-    ------
-    InputError
-        If the file does not follow that layout.
-    """
-    lines = [line.strip() for line in ATLAS_LABEL_FILE.read_text(encoding="utf-8").splitlines()
-             if line.strip()]
-    index: dict[str, int] = {}
-    for name, numbers in zip(lines[::2], lines[1::2], strict=True):
-        fields = numbers.split()
-        if len(fields) != 5 or not fields[0].isdigit():
-            raise InputError(f"{ATLAS_LABEL_FILE}: expected 'index R G B A' after {name!r}. "
-                             f"Got {numbers!r}.")
-        index[name] = int(fields[0])
-    return MappingProxyType(index)
-
-
-def _matching_regions(patterns: Sequence[str], atlas_index: Mapping[str, int]) -> list[str]:
-    regions = []
-    for pattern in patterns:
-        if pattern.endswith("*"):
-            found = [name for name in atlas_index if name.startswith(pattern[:-1])]
-        else:
-            found = [pattern] if pattern in atlas_index else []
-        if not found:
-            raise InputError(f"Atlas label file {ATLAS_LABEL_FILE} has no region {pattern!r}.")
-        regions += found
-    return regions
+    atlas = load_atlas()
+    to_atlas = np.linalg.inv(atlas.affine) @ affine
+    resampled = _resample(atlas.labels.astype(np.int16), to_atlas, shape, order=0)
+    labels, roi_names = label_rois(resampled, atlas)
+    return labels.astype(np.int16), roi_names
 
 
 # ---------------------------------------------------------------------------- activation
@@ -1156,21 +1014,20 @@ def _random_direction(rng: np.random.Generator) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- writing
 def _run_paths(root: Path, subject: str, task: str, run: int) -> dict[str, Path]:
-    stem = f"sub-{subject}_task-{task}_run-{run}"
-    raw = root / f"sub-{subject}" / "func"
-    truth = root / "derivatives" / "simulator" / f"sub-{subject}" / "func"
-    raw.mkdir(parents=True, exist_ok=True)
-    truth.mkdir(parents=True, exist_ok=True)
+    entities = bids.RunEntities(subject=subject, task=task, run=run)
+    derivatives = root / "derivatives" / "simulator"
+    entities.folder(root).mkdir(parents=True, exist_ok=True)
+    entities.folder(derivatives).mkdir(parents=True, exist_ok=True)
     return {
-        "bold": raw / f"{stem}_bold.nii.gz",
-        "sidecar": raw / f"{stem}_bold.json",
-        "events": raw / f"{stem}_events.tsv",
-        "physio": raw / f"{stem}_physio.tsv.gz",
-        "physio_sidecar": raw / f"{stem}_physio.json",
-        "rois": truth / f"{stem}_space-EPI_desc-rois_dseg.nii.gz",
-        "rois_tsv": truth / f"{stem}_space-EPI_desc-rois_dseg.tsv",
-        "true_motion": truth / f"{stem}_desc-truemotion_timeseries.tsv",
-        "truth": truth / f"{stem}_desc-truth.json",
+        "bold": entities.path(root, "bold.nii.gz"),
+        "sidecar": entities.path(root, "bold.json"),
+        "events": entities.path(root, "events.tsv"),
+        "physio": entities.path(root, "physio.tsv.gz"),
+        "physio_sidecar": entities.path(root, "physio.json"),
+        "rois": entities.path(derivatives, "space-EPI_desc-rois_dseg.nii.gz"),
+        "rois_tsv": entities.path(derivatives, "space-EPI_desc-rois_dseg.tsv"),
+        "true_motion": entities.path(derivatives, "desc-truemotion_timeseries.tsv"),
+        "truth": entities.path(derivatives, "desc-truth.json"),
     }
 
 
@@ -1182,7 +1039,7 @@ def _write_dataset_files(root: Path, subject: str, group: str) -> None:
     }]
     _write_json(root / "dataset_description.json", {
         "Name": "rtserver simulated cue-reactivity dataset",
-        "BIDSVersion": BIDS_VERSION,
+        "BIDSVersion": bids.BIDS_VERSION,
         "DatasetType": "raw",
         "Authors": [f"{SIMULATOR_NAME} (synthetic data, no participants)"],
         "GeneratedBy": generated_by,
@@ -1203,7 +1060,7 @@ def _write_dataset_files(root: Path, subject: str, group: str) -> None:
     derivatives.mkdir(parents=True, exist_ok=True)
     _write_json(derivatives / "dataset_description.json", {
         "Name": "rtserver simulator ground truth",
-        "BIDSVersion": BIDS_VERSION,
+        "BIDSVersion": bids.BIDS_VERSION,
         "DatasetType": "derivative",
         "Authors": [f"{SIMULATOR_NAME} (synthetic data, no participants)"],
         "GeneratedBy": generated_by,
@@ -1323,8 +1180,8 @@ def _truth(root: Path, paths: dict[str, Path], subject: str, group: str, seed: i
             "n_voxels": roi_voxels,
             "atlas": "Schaefer 2018 200 parcels 7 networks + Tian S2 3T "
                      "(MNI152NLin6Asym 2 mm), nearest neighbour",
-            "atlas_regions": {ROI_DEFINITIONS[i][0]: _matching_regions(
-                ROI_DEFINITIONS[i][1], atlas_labels()) for i in phantom.roi_names},
+            "atlas_regions": {ROI_DEFINITIONS[i][0]: matching_regions(
+                ROI_DEFINITIONS[i][1], load_atlas().index) for i in phantom.roi_names},
         },
         "amplitudes_percent": {
             name: {t: a for t, a in activation.amplitudes[name].items() if t in regressors}
@@ -1402,12 +1259,11 @@ def _load_paradigms(paradigm: object) -> tuple[Paradigm, ...]:
 def _check_subject(subject: object) -> str:
     if not isinstance(subject, str):
         raise InputError(f"subject should be a text label such as 'P01'. Got {subject!r}.")
-    label = subject.removeprefix("sub-")
-    if not (label.isascii() and label.isalnum()):
-        raise InputError(
-            f"subject should be an alphanumeric BIDS label such as 'P01'. Got {subject!r}."
-        )
-    return label
+    try:
+        return bids.label(subject)
+    except InputError:
+        raise InputError(f"subject should be an alphanumeric BIDS label such as 'P01'. "
+                         f"Got {subject!r}.") from None
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:

@@ -11,10 +11,11 @@ import re
 import threading
 from pathlib import Path
 
-from rtserver.bridge import ScannerBridge, SendReport
+from rtserver import bids
 from rtserver.errors import TransportError
-from rtserver.server import Counters, Server
-from rtserver.sources import VolumeSource
+from rtserver.scanner.sources import VolumeSource
+from rtserver.service.bridge import ScannerBridge, SendReport
+from rtserver.service.server import Counters, Server
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ def replay(source: VolumeSource, server: Server, interval: float | None,
 
 def output_prefix_from_source(path: Path) -> dict[str, str] | None:
     """BIDS entities (subject, task, run) from a source named ``sub-X_task-Y_run-Z_bold``."""
-    match = re.search(r"sub-([A-Za-z0-9]+)_task-([A-Za-z0-9]+)(?:_run-(\d+))?", path.name)
-    if not match:
+    found = bids.parse_entities(path.name)
+    if found is None:
         return None
-    subject, task, run = match.groups()
-    return {"subject": subject, "task": task, "run": int(run) if run else None}
+    run = found.run if re.search(r"_run-\d+", path.name) else None
+    return {"subject": found.subject, "task": found.task, "run": run}

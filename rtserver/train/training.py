@@ -1,6 +1,6 @@
 """``rtserver train``: a subject's decoder from their localizer run(s) and BIDS events.
 
-See :mod:`rtserver.decoder` for the method (features, labels, nested blocked
+See :mod:`rtserver.core.decoder` for the method (features, labels, nested blocked
 cross-validation, calibration, the drug-bias index). This module finds the runs, runs them
 through the online pipeline, cross-validates and fits.
 """
@@ -8,7 +8,6 @@ through the online pipeline, cross-validates and fits.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,21 +15,24 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rtserver.config import Config
-from rtserver.decoder import (
+from rtserver import bids as bids_names
+from rtserver.config import ATLAS, Config
+from rtserver.core.decoder import (
     C_GRID,
     DEFAULT_LAG,
     DEFAULT_SETTLE,
     FEATURES,
     Decoder,
-    read_events,
-    software_versions,
     volume_labels,
 )
+from rtserver.core.pipeline import Pipeline
+from rtserver.core.registration import atlas_rois
+from rtserver.core.stages.roi import RoiSet
 from rtserver.errors import InputError
-from rtserver.pipeline import ATLAS, Pipeline, load_reference
-from rtserver.sources import open_source
-from rtserver.stages.roi import RoiSet
+from rtserver.resources import load_atlas, load_template
+from rtserver.scanner.sources import open_source
+from rtserver.service.model_file import software_versions
+from rtserver.service.session import load_reference, read_rois
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class RunFeatures:
     censored : numpy.ndarray
         Per volume, whether motion censored it.
     labels, pairs : numpy.ndarray
-        :func:`~rtserver.decoder.volume_labels` of the run.
+        :func:`~rtserver.core.decoder.volume_labels` of the run.
     """
 
     bold: Path
@@ -103,15 +105,9 @@ def find_runs(bids: str | Path, subject: str, task: str = "localizer",
     InputError
         If the subject has no such run, a requested run is missing, or a run has no events.
     """
-    subject = subject.removeprefix("sub-")
+    subject = bids_names.label(subject)
     func = Path(bids) / f"sub-{subject}" / "func"
-    pattern = re.compile(rf"sub-{re.escape(subject)}(?:_ses-[A-Za-z0-9]+)?_task-{task}"
-                         r"(?:_acq-[A-Za-z0-9]+)?(?:_run-(\d+))?_bold\.nii(?:\.gz)?$")
-    found = []
-    for path in sorted(func.glob("*_bold.nii*")) if func.is_dir() else []:
-        match = pattern.match(path.name)
-        if match:
-            found.append((int(match.group(1) or 1), path))
+    found = bids_names.find_runs(bids, subject, task)
     if runs:
         found = [(n, p) for n, p in found if n in runs]
         missing = sorted(set(runs) - {n for n, _ in found})
@@ -122,7 +118,7 @@ def find_runs(bids: str | Path, subject: str, task: str = "localizer",
                          f"sub-{subject}/func/sub-{subject}_task-{task}_run-<n>_bold.nii.gz.")
     pairs = []
     for _, bold in sorted(found):
-        events = Path(re.sub(r"_bold\.nii(\.gz)?$", "_events.tsv", str(bold)))
+        events = bids_names.events_path(bold)
         if not events.exists():
             raise InputError(f"{bold.name} has no events file: expected {events}.")
         pairs.append((bold, events))
@@ -133,7 +129,7 @@ def extract_features(bold: Path, events_path: Path, config: Config, rois: RoiSet
                      reference: Volume | None, lag: float, settle: float,
                      progress: tqdm | None = None) -> tuple[RunFeatures, Pipeline]:
     """Run one training run through the online pipeline; return its features and labels."""
-    events = read_events(events_path)
+    events = bids_names.read_events(events_path)
     pipeline = Pipeline(config, rois=rois, reference=reference, events=events,
                         keep_features=True)
     source = open_source(bold)
@@ -159,7 +155,7 @@ def make_classifier(c: float = 1.0):
 
 
 def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[float, dict]:
-    """The C of :data:`~rtserver.decoder.C_GRID` with the best leave-one-group-out AUC.
+    """The C of :data:`~rtserver.core.decoder.C_GRID` with the best leave-one-group-out AUC.
 
     The AUC is that of the *pooled* out-of-fold decision values, not the mean of per-fold
     AUCs: a decoder whose folds each rank well but disagree on where the boundary lies
@@ -289,18 +285,20 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
         config = config.with_overrides(roi={"mask": ATLAS})
     reference = (load_reference(config.motion.reference, config.motion.reference_index)
                  if config.motion.reference else next(iter(open_source(files[0][0]))))
-    rois = None if config.roi.mask == ATLAS else RoiSet.from_file(config.roi.mask)
+    registration = None
+    if config.roi.mask == ATLAS:  # registered once, before the runs go through
+        rois, registration = atlas_rois(reference, load_template(), load_atlas(),
+                                        min_dice=config.roi.min_dice)
+    else:
+        rois = read_rois(config.roi.mask)
     n_total = sum(open_source(bold).n_volumes for bold, _ in files)
     run_features: list[RunFeatures] = []
-    registration = None
     with tqdm(total=n_total, desc="features", unit="vol", disable=not progress,
               leave=False) as bar:
         for bold, events in files:
             run, pipeline = extract_features(bold, events, config, rois, reference, lag,
                                              settle, bar)
             run_features.append(run)
-            if rois is None:  # the first run registered the atlas; the others reuse it
-                rois, registration = pipeline.rois, pipeline.registration_
     roi_names = [rois.names[k] for k in sorted(rois.names)]
     x, y, groups = training_set(run_features)
     for cue, value in (("drug", 1), ("food", 0)):
@@ -316,7 +314,7 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
                 "features": FEATURES}
     card = {
         "model": "drug-versus-food decoder of cortico-striatal ROI patterns",
-        "format": "skops; load with rtserver.decoder.load_decoder (explicit trusted types)",
+        "format": "skops; load with rtserver.service.model_file.load_decoder (explicit trusted types)",
         "training_data": {
             "bids": Path(bids).resolve().name,
             "subject": subject.removeprefix("sub-"),

@@ -2,7 +2,7 @@
 
 At session setup (once, not per volume) the MNI152 template shipped in ``rtserver/data`` is
 registered to the run's reference EPI volume by a 12-parameter affine transform, and the
-Schaefer-200 + Tian S2 atlas regions of :data:`rtserver.simulate.ROI_DEFINITIONS` are carried
+Schaefer-200 + Tian S2 atlas regions of :data:`rtserver.core.atlas.ROI_DEFINITIONS` are carried
 into the EPI grid through it (nearest neighbour, then restricted to the EPI's brain).
 
 How (numpy/scipy; registration libraries are not dependencies of this project)
@@ -25,17 +25,16 @@ human head is refused with an :class:`~rtserver.errors.InputError`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import asdict, dataclass
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage, optimize
 
+from rtserver.core.atlas import Atlas, Template, label_rois
+from rtserver.core.stages.roi import RoiSet
 from rtserver.errors import InputError
-from rtserver.stages.roi import RoiSet
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -99,18 +98,9 @@ def epi_brain_mask(data: np.ndarray) -> np.ndarray:
     return mask
 
 
-@functools.cache
-def _template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _template_images(template: Template) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Template in EPI-like contrast, its brain mask (float), and its affine."""
-    from rtserver.simulate import TEMPLATE_FILE, TEMPLATE_MASK_FILE, _epi_contrast, _filled_mask
-
-    image = nib.load(TEMPLATE_FILE)
-    t1 = np.asarray(image.dataobj, dtype=np.float64)
-    mask = _filled_mask(np.asarray(nib.load(TEMPLATE_MASK_FILE).dataobj, dtype=np.float64))
-    contrast = _epi_contrast(t1, mask)
-    for array in (contrast, mask):
-        array.setflags(write=False)
-    return contrast, mask.astype(np.float64), image.affine
+    return template.epi_contrast(), template.brain_mask.astype(np.float64), template.affine
 
 
 def _params_to_matrix(params: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -136,8 +126,15 @@ class _Sampler:
         return ndimage.map_coordinates(self.image, coords, order=1, mode="constant", cval=0.0)
 
 
-def register_template(reference: Volume) -> tuple[np.ndarray, np.ndarray]:
+def register_template(reference: Volume, template: Template) -> tuple[np.ndarray, np.ndarray]:
     """Affine transform from the reference EPI's world space to the MNI template's.
+
+    Parameters
+    ----------
+    reference : Volume
+        The reference EPI volume.
+    template : Template
+        The MNI template (:func:`rtserver.resources.load_template`).
 
     Returns
     -------
@@ -146,7 +143,7 @@ def register_template(reference: Volume) -> tuple[np.ndarray, np.ndarray]:
     epi_mask : numpy.ndarray
         The EPI's brain mask used.
     """
-    contrast, template_mask, template_affine = _template()
+    contrast, template_mask, template_affine = _template_images(template)
     data = np.asarray(reference.data, dtype=np.float64)
     epi_mask = epi_brain_mask(data)
     if epi_mask.sum() < 100:
@@ -196,20 +193,25 @@ def register_template(reference: Volume) -> tuple[np.ndarray, np.ndarray]:
     return _params_to_matrix(refined, start), epi_mask
 
 
-def atlas_rois(reference: Volume, min_dice: float = 0.8) -> tuple[RoiSet, RegistrationQuality]:
+def atlas_rois(reference: Volume, template: Template, atlas: Atlas,
+               min_dice: float = 0.8) -> tuple[RoiSet, RegistrationQuality]:
     """The cortico-striatal ROIs on the reference EPI grid, via the template registration.
 
     Parameters
     ----------
     reference : Volume
         The run's (or session's) reference volume.
+    template : Template
+        The MNI template (:func:`rtserver.resources.load_template`).
+    atlas : Atlas
+        The atlas whose regions make the ROIs (:func:`rtserver.resources.load_atlas`).
     min_dice : float
         Refuse a registration whose brain-mask Dice is below this.
 
     Returns
     -------
     rois : RoiSet
-        Labels of :data:`rtserver.simulate.ROI_DEFINITIONS` on the reference grid.
+        Labels of :data:`rtserver.core.atlas.ROI_DEFINITIONS` on the reference grid.
     quality : RegistrationQuality
 
     Raises
@@ -218,16 +220,9 @@ def atlas_rois(reference: Volume, min_dice: float = 0.8) -> tuple[RoiSet, Regist
         If the registration is refused (the message gives the numbers), or an ROI ends up
         with no voxel.
     """
-    from rtserver.simulate import (
-        ATLAS_FILE,
-        ROI_DEFINITIONS,
-        _matching_regions,
-        atlas_labels,
-    )
-
     started = time.perf_counter()
-    matrix, epi_mask = register_template(reference)
-    contrast, template_mask, template_affine = _template()
+    matrix, epi_mask = register_template(reference, template)
+    contrast, template_mask, template_affine = _template_images(template)
     shape = reference.shape
     ijk = np.indices(shape).reshape(3, -1).T.astype(np.float64)
     world = ijk @ reference.affine[:3, :3].T + reference.affine[:3, 3]
@@ -254,18 +249,10 @@ def atlas_rois(reference: Volume, min_dice: float = 0.8) -> tuple[RoiSet, Regist
         raise InputError("Atlas registration to the reference volume refused ("
                          + "; ".join(problems) + "): is it a brain EPI? Give ROI masks in "
                          "EPI space instead (--roi FILE).")
-    atlas_img = nib.load(ATLAS_FILE)
-    atlas = np.rint(np.asarray(atlas_img.dataobj, dtype=np.float64)).astype(np.int32)
-    coords = (np.linalg.inv(atlas_img.affine) @ matrix @ np.vstack([world.T, np.ones(len(world))]))
-    sampled = ndimage.map_coordinates(atlas, coords[:3], order=0, mode="constant", cval=0)
-    sampled = sampled.reshape(shape)
-    index = atlas_labels()
-    labels = np.zeros(shape, dtype=np.int32)
-    names = {}
-    for value, (name, patterns) in ROI_DEFINITIONS.items():
-        regions = [index[r] for r in _matching_regions(patterns, index)]
-        labels[np.isin(sampled, regions) & epi_mask] = value
-        names[value] = name
+    coords = (np.linalg.inv(atlas.affine) @ matrix @ np.vstack([world.T, np.ones(len(world))]))
+    sampled = ndimage.map_coordinates(atlas.labels, coords[:3], order=0, mode="constant", cval=0)
+    labels, names = label_rois(sampled.reshape(shape), atlas)
+    labels[~epi_mask] = 0
     empty = [name for value, name in names.items() if not np.any(labels == value)]
     if empty:
         raise InputError(f"After atlas registration the ROIs {empty} have no voxel in the "

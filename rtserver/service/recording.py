@@ -43,9 +43,9 @@ from typing import IO, Any
 import nibabel as nib
 import numpy as np
 
+from rtserver.core.stages import MotionEstimate
 from rtserver.protocol import FeedbackEvent
 from rtserver.rigid import PARAMETER_NAMES
-from rtserver.stages import MotionEstimate
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)

@@ -42,47 +42,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from rtserver.core.stages._base import check_is_fitted
 from rtserver.errors import InputError
-from rtserver.paradigm import Paradigm
-from rtserver.stages._base import check_is_fitted
 
 #: Radius (mm) that turns rotations (radians) into displacements, as framewise displacement.
 HEAD_RADIUS_MM = 50.0
-
-
-def task_regressor(events: list[dict], tr: float, n_volumes: int) -> np.ndarray:
-    """All cue blocks (every event) as one boxcar convolved with the canonical HRF.
-
-    Parameters
-    ----------
-    events : list of dict
-        BIDS events (``onset``, ``duration``, ``trial_type``); fixation is not an event.
-    tr : float
-        Repetition time (s).
-    n_volumes : int
-        Length of the regressor.
-
-    Returns
-    -------
-    numpy.ndarray
-        One value per volume, sampled at each volume's onset (1 on a long block's plateau).
-    """
-    from rtserver.simulate import OVERSAMPLING, canonical_hrf
-
-    dt = tr / OVERSAMPLING
-    n_fine = n_volumes * OVERSAMPLING
-    boxcar = np.zeros(n_fine)
-    for event in events:
-        start = max(0, round(float(event["onset"]) / dt))
-        stop = min(n_fine, round((float(event["onset"]) + float(event["duration"])) / dt))
-        boxcar[start:stop] = 1.0
-    return np.convolve(boxcar, canonical_hrf(dt))[:n_fine:OVERSAMPLING]
-
-
-def paradigm_task_regressor(paradigm: Paradigm, n_volumes: int | None = None) -> np.ndarray:
-    """:func:`task_regressor` of a paradigm's cue blocks (``n_volumes`` default: the run's)."""
-    n = paradigm.n_volumes if n_volumes is None else n_volumes
-    return task_regressor(paradigm.events(), paradigm.tr, n)
 
 
 def design_row(index: int, tr: float, motion_params: np.ndarray, task: float | None,
@@ -117,7 +81,7 @@ class SignalModel:
     motion_ridge : float
         Ridge added to the diagonal of ``X'X`` for the six motion columns (mm^2).
     task : numpy.ndarray or None
-        Task regressor per volume index (:func:`task_regressor`); ``None`` leaves it out.
+        Task regressor per volume index (:func:`rtserver.core.hrf.task_regressor`); ``None`` leaves it out.
         Volumes past its end get 0.
     """
 

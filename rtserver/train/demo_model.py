@@ -1,4 +1,4 @@
-"""Regenerate the demo decoder shipped in ``models/``: ``python -m rtserver.train_demo``.
+"""Regenerate the demo decoder shipped in ``models/``: ``python -m rtserver.train.demo_model``.
 
 The demo (``rtserver demo``, ``make demo``) replays regulation run 1 of the simulated patient
 ``01`` (seed 1). Its decoder is trained here the way ``rtserver train`` trains any subject's:
@@ -21,8 +21,9 @@ from pathlib import Path
 
 from rtserver.config import Config
 from rtserver.demo import GROUP, SEED, SUBJECT
-from rtserver.simulate import simulate_subject
-from rtserver.training import train_subject
+from rtserver.service.model_file import save_decoder
+from rtserver.sim.simulator import simulate_subject
+from rtserver.train.training import train_subject
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEMO_MODEL = MODELS_DIR / "demo_decoder.skops"
@@ -35,14 +36,14 @@ def train_demo(out: Path = DEMO_MODEL, progress: bool = True) -> tuple[Path, Pat
         simulate_subject(bids, SUBJECT, GROUP, SEED, paradigm="localizer", n_runs=2,
                          progress=progress)
         decoder, scores = train_subject(bids, SUBJECT, config=Config(), progress=progress)
-        paths = decoder.save(out)
+        paths = save_decoder(decoder, out)
     print(f"cross-validated AUC {scores.auc:.3f}, accuracy {scores.accuracy:.3f}; "  # noqa: T201
           f"wrote {paths[0]} and {paths[1]}")
     return paths
 
 
 def main() -> None:
-    """Command line: ``python -m rtserver.train_demo [--out FILE]``."""
+    """Command line: ``python -m rtserver.train.demo_model [--out FILE]``."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEMO_MODEL,

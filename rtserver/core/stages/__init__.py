@@ -5,10 +5,10 @@ ending in ``_``) and does O(1) work per volume in ``partial_fit`` / ``transform`
 them does I/O.
 """
 
-from rtserver.stages.feedback import DecoderFeedback, FeedbackScaler
-from rtserver.stages.motion import MotionCorrector, MotionEstimate
-from rtserver.stages.roi import RoiExtractor, RoiSet
-from rtserver.stages.signal import SignalModel
+from rtserver.core.stages.feedback import DecoderFeedback, FeedbackScaler
+from rtserver.core.stages.motion import MotionCorrector, MotionEstimate
+from rtserver.core.stages.roi import RoiExtractor, RoiSet
+from rtserver.core.stages.signal import SignalModel
 
 __all__ = ["DecoderFeedback", "FeedbackScaler", "MotionCorrector", "MotionEstimate",
            "RoiExtractor", "RoiSet", "SignalModel"]

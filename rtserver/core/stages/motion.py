@@ -44,9 +44,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from rtserver.core.stages._base import check_is_fitted
 from rtserver.errors import InputError
 from rtserver.rigid import framewise_displacement, grid_centre, matrix_to_params, params_to_matrix
-from rtserver.stages._base import check_is_fitted
 from rtserver.volume import Volume
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))

@@ -1,22 +1,20 @@
 """ROI extraction: motion-corrected mean signal of each region, one volume at a time.
 
 ROIs are given as a label image on the EPI grid plus a name for each label (a BIDS
-``*_dseg.nii.gz`` with its ``*_dseg.tsv``). Only the ROI voxels are resampled, at the
-positions the motion estimate says they moved to; the full volume is never resliced.
+``*_dseg.nii.gz`` with its ``*_dseg.tsv``, read by :func:`rtserver.service.session.read_rois`).
+Only the ROI voxels are resampled, at the positions the motion estimate says they moved to;
+the full volume is never resliced.
 """
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from rtserver.core.stages._base import check_is_fitted
 from rtserver.errors import InputError
-from rtserver.stages._base import check_is_fitted
 from rtserver.volume import Volume
 
 
@@ -37,34 +35,6 @@ class RoiSet:
     labels: np.ndarray
     affine: np.ndarray
     names: dict[int, str]
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> RoiSet:
-        """Read a label image and the ``.tsv`` beside it (columns ``index`` and ``name``)."""
-        path = Path(path)
-        try:
-            img = nib.load(path)
-            labels = np.asarray(img.dataobj).astype(np.int32)
-        except Exception as exc:
-            raise InputError(f"Cannot read ROI label image {path}: {exc}") from None
-        if labels.ndim != 3:
-            raise InputError(f"ROI label image {path} should be 3D. Got shape {labels.shape}.")
-        table = Path(str(path).replace(".nii.gz", ".tsv").replace(".nii", ".tsv"))
-        names: dict[int, str] = {}
-        if table.exists():
-            with table.open(newline="") as handle:
-                for row in csv.DictReader(handle, delimiter="\t"):
-                    try:
-                        names[int(row["index"])] = row["name"].strip()
-                    except (KeyError, ValueError, AttributeError):
-                        raise InputError(
-                            f"{table} should have columns 'index' and 'name'. Got row {row}."
-                        ) from None
-        present = sorted(int(v) for v in np.unique(labels) if v != 0)
-        if not present:
-            raise InputError(f"ROI label image {path} has no labelled voxel.")
-        names = {value: names.get(value, f"roi{value}") for value in present}
-        return cls(labels=labels, affine=img.affine, names=names)
 
     @classmethod
     def brain(cls, reference: Volume) -> RoiSet:

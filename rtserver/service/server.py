@@ -23,9 +23,10 @@ import zmq
 
 from rtserver import __version__, protocol
 from rtserver.config import Config
+from rtserver.core.pipeline import Pipeline
 from rtserver.errors import InputError, ProtocolError, RtfmriError, TransportError
-from rtserver.pipeline import Pipeline
-from rtserver.recording import Record, RunRecorder
+from rtserver.service.recording import Record, RunRecorder
+from rtserver.service.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class Server:
     out_dir : str or Path
         Where the run's outputs are written.
     pipeline : Pipeline or None
-        The processing core; built from ``config`` when ``None``.
+        The processing core; built from ``config`` by :class:`Session` when ``None``
+        (files loaded and, when the reference is known, fitted before any volume).
     n_volumes : int or None
         End the run after this many volumes (otherwise at the bridge's end-of-run message).
     wait_display : float
@@ -86,7 +88,7 @@ class Server:
             raise InputError(f"--n-volumes should be >= 1. Got {n_volumes}.")
         self.config = config
         self.out_dir = Path(out_dir)
-        self.pipeline = pipeline if pipeline is not None else Pipeline(config)
+        self.pipeline = pipeline if pipeline is not None else Session.from_config(config).pipeline()
         self.n_volumes = n_volumes
         self.wait_display = wait_display
         self.counters = Counters()

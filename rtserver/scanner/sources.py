@@ -2,9 +2,9 @@
 
 Supported here: a 4D NIfTI file (also a recorded session's ``*_bold.nii.gz``, or a folder
 holding exactly one), a folder of 3D NIfTI files, and a scanner export folder of any layout
-:mod:`rtserver.readers` reads (Siemens mosaic and XA enhanced DICOM, GE and Philips
+:mod:`rtserver.scanner.readers` reads (Siemens mosaic and XA enhanced DICOM, GE and Philips
 per-slice DICOM, Philips PAR/REC), assembled into volumes by the same code as a watched
-live folder (:class:`rtserver.watch.SeriesAssembler`). Patient identity never leaves this
+live folder (:class:`rtserver.scanner.watch.SeriesAssembler`). Patient identity never leaves this
 module: a volume carries voxels, geometry, TR, series and volume numbers, and locally the
 name of the file it came from (which the wire protocol never sends).
 """
@@ -68,12 +68,12 @@ def open_source(path: str | Path, tr: float | None = None, file_format: str | No
     ----------
     path : str or Path
         A 4D NIfTI file, a folder of 3D NIfTI files, a scanner export folder (DICOM of any
-        layout :mod:`rtserver.readers` reads, or PAR/REC), a PAR file, or a recorded run
+        layout :mod:`rtserver.scanner.readers` reads, or PAR/REC), a PAR file, or a recorded run
         folder holding one ``*_bold.nii[.gz]``.
     tr : float or None
         Repetition time (s) to use when the files do not state one.
     file_format : str or None
-        Read the files as this layout (see :data:`rtserver.readers.FORMATS`) instead of
+        Read the files as this layout (see :data:`rtserver.scanner.readers.FORMATS`) instead of
         detecting it.
     n_slices : int or None
         Slices per volume, for per-slice files that do not state it.
@@ -243,8 +243,8 @@ def _looks_like_scanner_file(path: Path) -> bool:
 def _scanner_source(where: Path, files: list[Path], tr: float | None,
                     file_format: str | None, n_slices: int | None) -> VolumeSource:
     """Every volume of the main series in ``files``, assembled as a live folder would be."""
-    from rtserver.readers import IncompleteFileError, read_file
-    from rtserver.watch import SeriesAssembler
+    from rtserver.scanner.readers import IncompleteFileError, read_file
+    from rtserver.scanner.watch import SeriesAssembler
 
     pieces, names = [], {}
     for path in files:

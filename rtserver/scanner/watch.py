@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from rtserver.errors import InputError
-from rtserver.readers import ForeignFileError, IncompleteFileError, Piece, assemble, read_file
+from rtserver.scanner.readers import ForeignFileError, IncompleteFileError, Piece, assemble, read_file
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ through motion estimation and ROI extraction on the motion-corrected ROI voxels.
 
 - with a decoder: the ROI voxels and ROI means go through the online signal model (drift and
   motion regression, despiking, percent signal change), the decoder gives ``P(drug)`` and a
-  decision value, and :class:`~rtserver.stages.DecoderFeedback` makes the feedback value;
+  decision value, and :class:`~rtserver.core.stages.DecoderFeedback` makes the feedback value;
 - without one: the target ROI's percent signal change against the fixation baseline is the
-  feedback (:class:`~rtserver.stages.FeedbackScaler`).
+  feedback (:class:`~rtserver.core.stages.FeedbackScaler`).
 
 A decoder brings its own ROIs and reference volume (those it was trained on), so online
 features are the same voxels as in training.
@@ -17,17 +17,15 @@ features are the same voxels as in training.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rtserver.config import Config
-from rtserver.errors import ConfigError, InputError
-from rtserver.paradigm import Paradigm
-from rtserver.protocol import FeedbackEvent
-from rtserver.sources import open_source
-from rtserver.stages import (
+from rtserver.core.atlas import Atlas, Template
+from rtserver.core.hrf import task_regressor
+from rtserver.core.registration import RegistrationQuality, atlas_rois
+from rtserver.core.stages import (
     DecoderFeedback,
     FeedbackScaler,
     MotionCorrector,
@@ -36,103 +34,74 @@ from rtserver.stages import (
     RoiSet,
     SignalModel,
 )
-from rtserver.stages.signal import task_regressor
+from rtserver.errors import ConfigError, InputError
+from rtserver.paradigm import Paradigm
+from rtserver.protocol import FeedbackEvent
 from rtserver.volume import Volume
 
 if TYPE_CHECKING:
-    from rtserver.decoder import Decoder
-    from rtserver.registration import RegistrationQuality
+    from rtserver.core.decoder import Decoder
 
 log = logging.getLogger(__name__)
-
-#: ``[roi] mask`` value that asks for the atlas ROIs registered to the reference volume.
-ATLAS = "atlas"
-
-
-def load_reference(path: str | Path, index: int = 0) -> Volume:
-    """Volume ``index`` of a NIfTI file, a scanner export folder or a recorded run.
-
-    Raises
-    ------
-    InputError
-        If the source cannot be read or has no volume ``index``.
-    """
-    try:
-        source = open_source(path, tr=1.0)
-    except InputError as exc:
-        raise InputError(f"Motion reference: {exc}") from None
-    if not 0 <= index < source.n_volumes:
-        raise InputError(
-            f"Motion reference {path} has {source.n_volumes} volumes; volume {index} was "
-            "asked for ([motion] reference_index, --reference-index)."
-        )
-    for volume in source:
-        if volume.index == index:
-            return volume
-    raise InputError(f"Motion reference {path}: volume {index} could not be read.")
 
 
 class Pipeline:
     """Motion correction, ROI extraction, signal model, decoding and feedback, per volume.
+
+    The constructor only stores what it is given and builds the stages; nothing is read
+    from files here (:class:`rtserver.service.session.Session` loads decoders, ROI masks,
+    paradigms and references and hands them in).
 
     Parameters
     ----------
     config : Config
         Stage settings (``motion``, ``roi``, ``signal``, ``decoder``, ``feedback`` tables).
     rois : RoiSet or None
-        Regions on the EPI grid; ``None`` takes the decoder's, or reads ``config.roi.mask``
-        (``"atlas"``: register the MNI atlases to the reference), or, without either, uses
-        an automatic whole-brain mask.
+        Regions on the EPI grid; ``None`` takes the decoder's, or registers ``atlas`` to the
+        reference when a template and an atlas are given, or else uses an automatic
+        whole-brain mask.
     paradigm : Paradigm or None
-        The run's paradigm; ``None`` reads ``config.feedback.paradigm`` if set.
+        The run's paradigm (block design of the feedback); ``None`` for none.
     reference : Volume or None
-        Register to this volume; ``None`` takes the decoder's training reference, or reads
-        ``config.motion.reference`` if set, or else uses the run's first volume.
+        Register to this volume; ``None`` takes the decoder's training reference, or else
+        the run's first volume.
     decoder : Decoder or None
-        Trained decoder; ``None`` loads ``config.decoder.model`` if set.
+        Trained decoder.
     events : list of dict or None
         BIDS events of the run, for the signal model's task regressor (training passes the
         localizer's); ``None`` takes the paradigm's.
     keep_features : bool
         Run the signal model even without a decoder, keeping each volume's features in
         ``features_`` (training uses this).
+    template, atlas : Template, Atlas or None
+        The MNI template and atlas, registered to the reference at :meth:`fit` when
+        ``rois`` is ``None`` and there is no decoder.
     """
 
     def __init__(self, config: Config, rois: RoiSet | None = None,
                  paradigm: Paradigm | None = None, reference: Volume | None = None,
                  decoder: Decoder | None = None, events: list[dict] | None = None,
-                 keep_features: bool = False) -> None:
+                 keep_features: bool = False, template: Template | None = None,
+                 atlas: Atlas | None = None) -> None:
         self.config = config
-        if decoder is None and config.decoder.model:
-            from rtserver.decoder import load_decoder
-
-            decoder = load_decoder(config.decoder.model)
-        if decoder is not None and config.roi.mask and rois is None:
-            raise ConfigError("A decoder brings the ROIs it was trained on; leave out "
-                              f"[roi] mask / --roi (got {config.roi.mask!r}).")
-        self.use_atlas = rois is None and decoder is None and config.roi.mask == ATLAS
+        if (template is None) != (atlas is None):
+            raise ConfigError("Atlas ROIs need both the MNI template and the atlas. Got "
+                              f"template {template is not None}, atlas {atlas is not None}.")
+        self.use_atlas = rois is None and decoder is None and atlas is not None
         if rois is None and decoder is not None:
             rois = decoder.rois
-        elif rois is None and config.roi.mask and not self.use_atlas:
-            rois = RoiSet.from_file(config.roi.mask)
-        if paradigm is None and config.feedback.paradigm:
-            paradigm = Paradigm.from_file(config.feedback.paradigm)
-        motion = config.motion
-        if reference is None and motion.reference:
-            reference = load_reference(motion.reference, motion.reference_index)
-            if decoder is not None:
-                log.warning("[motion] reference %s replaces the decoder's training reference: "
-                            "its ROI voxels are only right if both are the same head "
-                            "position", motion.reference)
-        elif reference is None and decoder is not None:
+        if reference is None and decoder is not None:
             reference = decoder.reference
         self.rois = rois
         self.paradigm = paradigm
         self.reference = reference
         self.decoder = decoder
+        self.template = template
+        self.atlas = atlas
         self.events = events if events is not None else (
             paradigm.events() if paradigm is not None else None)
         self.keep_features = keep_features or decoder is not None
+        motion = config.motion
         self.motion = MotionCorrector(
             smoothing_fwhm=motion.smoothing_fwhm,
             interpolation_order=motion.interpolation_order, subsample=motion.subsample,
@@ -180,9 +149,7 @@ class Pipeline:
             If ``[roi] target`` names no ROI.
         """
         if self.use_atlas:
-            from rtserver.registration import atlas_rois
-
-            self.rois, self.registration_ = atlas_rois(reference,
+            self.rois, self.registration_ = atlas_rois(reference, self.template, self.atlas,
                                                        min_dice=self.config.roi.min_dice)
             self.roi = RoiExtractor(self.rois)
         self.motion.fit(reference)
