@@ -20,11 +20,6 @@ Only :mod:`rtserver.protocol`, :mod:`rtserver.paradigm` and :mod:`rtserver.error
 imported from the server package, never its processing core.
 """
 
-from rtserver.errors import RtfmriError
-
-
-class DisplayError(RtfmriError, RuntimeError):
-    """The display could not be set up (no window, no screen, unwritable output folder)."""
-
+from rtserver.errors import DisplayError
 
 __all__ = ["DisplayError"]

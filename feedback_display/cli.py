@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from feedback_display.outputs import check_label
 from feedback_display.subscriber import DEFAULT_SERVER, check_endpoint
-from rtserver.errors import RtfmriError
+from rtserver.errors import ConfigError, RtfmriError
 from rtserver.paradigm import Paradigm
 
 PROG = "feedback-display"
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_label("subject", args.subject)
     except ValueError as exc:
-        raise _InputError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
     # PsychoPy is imported only now: bad input above fails fast, without opening a window.
     from feedback_display.display import DisplayOptions, FeedbackDisplay
 
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             pictures=args.pictures,
         )
     except ValueError as exc:
-        raise _InputError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
     stop = threading.Event()
     _install_stop_handlers(stop)
     # The constructor checks the pictures and output folders: still no window.
@@ -166,10 +166,6 @@ def run(args: argparse.Namespace) -> int:
         _error(f"no {waited_for} within {args.timeout:g} s.")
         return 1
     return 0
-
-
-class _InputError(RtfmriError, ValueError):
-    """A command-line value is invalid."""
 
 
 def _error(message: str) -> None:

@@ -1,6 +1,8 @@
-"""Domain exceptions, in one place.
+"""Domain exceptions, every one of them in one place.
 
 Every message says what was expected and what was got, so a user can act on one line.
+Library messages name values and settings, not command-line flags: the command-line
+front ends (``rtserver``, ``feedback-display``) add those.
 """
 
 
@@ -16,8 +18,16 @@ class InputError(RtfmriError, ValueError):
     """A file or folder given by the user cannot be read as what it should be."""
 
 
+class IncompleteFileError(InputError):
+    """A file is still being written (shorter than its header promises): try it again later."""
+
+
+class ForeignFileError(InputError):
+    """Not an fMRI image this system reads (text, non-image DICOM, localizer, mask): skip it."""
+
+
 class ConfigError(RtfmriError, ValueError):
-    """A configuration or paradigm file is invalid."""
+    """A configuration, paradigm or option value is invalid."""
 
 
 class StateError(RtfmriError, RuntimeError):
@@ -26,3 +36,7 @@ class StateError(RtfmriError, RuntimeError):
 
 class TransportError(RtfmriError, RuntimeError):
     """A socket could not be bound, or a peer did not answer in time."""
+
+
+class DisplayError(RtfmriError, RuntimeError):
+    """The display could not be set up (no window, no screen, unwritable output folder)."""

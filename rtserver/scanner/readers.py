@@ -49,7 +49,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pydicom.valuerep import VR
 
-from rtserver.errors import InputError
+from rtserver.errors import ForeignFileError, IncompleteFileError, InputError
 from rtserver.rigid import LPS_TO_RAS
 
 __all__ = [
@@ -77,12 +77,6 @@ SHEAR_TOLERANCE_MM = 5e-2
 ORIENTATION_TOLERANCE = 1e-3
 
 
-class IncompleteFileError(InputError):
-    """The file is still being written (truncated / shorter than its header promises): try again later."""
-
-
-class ForeignFileError(InputError):
-    """Not an fMRI image this system reads (text, non-image DICOM, localizer, mask, ...): skip it."""
 
 
 @dataclass(frozen=True, repr=False, eq=False)

@@ -243,7 +243,8 @@ def _looks_like_scanner_file(path: Path) -> bool:
 def _scanner_source(where: Path, files: list[Path], tr: float | None,
                     file_format: str | None, n_slices: int | None) -> VolumeSource:
     """Every volume of the main series in ``files``, assembled as a live folder would be."""
-    from rtserver.scanner.readers import IncompleteFileError, read_file
+    from rtserver.errors import IncompleteFileError
+    from rtserver.scanner.readers import read_file
     from rtserver.scanner.watch import SeriesAssembler
 
     pieces, names = [], {}

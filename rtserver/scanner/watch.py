@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtserver.errors import InputError
-from rtserver.scanner.readers import ForeignFileError, IncompleteFileError, Piece, assemble, read_file
+from rtserver.errors import ForeignFileError, IncompleteFileError, InputError
+from rtserver.scanner.readers import Piece, assemble, read_file
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
