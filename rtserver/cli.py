@@ -275,11 +275,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``rtserver serve``."""
     from rtserver.service.server import Server
 
-    server = Server(_config_from(args), args.out, n_volumes=args.n_volumes,
-                    wait_display=args.wait_display)
-    _handle_signals(server)
-    server.start()
-    server.run()
+    with Server(_config_from(args), args.out, n_volumes=args.n_volumes,
+                wait_display=args.wait_display) as server:
+        _handle_signals(server)
+        server.run()
     return 0
 
 

@@ -1,6 +1,7 @@
 """The real-time server: receive volumes, step the pipeline, publish feedback, record.
 
-One thread (the caller of :meth:`Server.run`) owns all three sockets:
+One thread (the caller of :meth:`Server.run`) owns all three sockets, and a fourth, the
+control socket, through which :meth:`Server.stop` wakes its poller at once from any thread:
 
 - volume channel, ROUTER: every message is validated, acknowledged (or answered with an
   error) and, if it is a new volume, processed at once;
@@ -96,6 +97,8 @@ class Server:
         self.subscribed = threading.Event()
         self.ready = threading.Event()
         self._stop = threading.Event()
+        self._running = threading.Lock()
+        self._control_endpoint = f"inproc://rtserver-control-{id(self):x}"
         self._context = context or zmq.Context.instance()
         self._results: dict[int, protocol.FeedbackEvent] = {}
         self._seen: set[int] = set()
@@ -118,7 +121,11 @@ class Server:
         for sock in (router, xpub, rep):
             sock.setsockopt(zmq.LINGER, 1000)
         xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self._sockets = {"volumes": router, "feedback": xpub, "results": rep}
+        control = self._context.socket(zmq.PULL)
+        control.setsockopt(zmq.LINGER, 0)
+        control.bind(self._control_endpoint)
+        self._sockets = {"volumes": router, "feedback": xpub, "results": rep,
+                         "control": control}
         try:
             self.endpoints = {
                 "volumes": bind(router, network.volumes),
@@ -134,40 +141,80 @@ class Server:
         return self
 
     def stop(self) -> None:
-        """Ask :meth:`run` to finish (thread-safe; also what SIGINT/SIGTERM call)."""
+        """Ask :meth:`run` to finish at once (thread-safe; also what SIGINT/SIGTERM call).
+
+        The request wakes the serving thread's poller through the control socket, so the
+        run ends (and flushes) without waiting for a poll timeout.
+        """
         self._stop.set()
+        if "control" not in self._sockets:
+            return
+        poke = self._context.socket(zmq.PUSH)
+        poke.setsockopt(zmq.LINGER, 1000)
+        try:
+            poke.connect(self._control_endpoint)
+            poke.send(b"stop", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the run is already over: its control socket is gone
+        finally:
+            poke.close()
+
+    def close(self) -> None:
+        """Stop the run if one is going on, wait until it has flushed, release the sockets.
+
+        Safe to call more than once, from any thread.
+        """
+        self.stop()
+        with self._running:  # held by run() until it has flushed and closed its sockets
+            self._close_sockets()
+
+    def __enter__(self) -> Server:
+        """Bind the sockets (:meth:`start`)."""
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop, flush and release everything (:meth:`close`)."""
+        self.close()
 
     def run(self) -> Counters:
         """Serve until the run ends or :meth:`stop` is called; flush everything; return counts."""
-        if not self._sockets:
-            self.start()
-        router = self._sockets["volumes"]
-        xpub = self._sockets["feedback"]
-        rep = self._sockets["results"]
-        poller = zmq.Poller()
-        for sock in (router, xpub, rep):
-            poller.register(sock, zmq.POLLIN)
-        try:
-            self._wait_for_display(xpub)
-            while not self._stop.is_set() and not self._run_complete():
-                for sock, _ in poller.poll(100):
-                    if sock is router:
-                        self._on_volume_message(router, xpub)
-                    elif sock is rep:
-                        self._on_request(rep)
-                    else:
-                        self._on_subscription(xpub)
-            if self._recorder is not None or self.counters.n_processed:
-                xpub.send_multipart(protocol.encode_run_end(self.counters.n_processed))
-        finally:
-            self._finish()
+        with self._running:
+            if not self._sockets:
+                self.start()
+            try:
+                self._serve()
+            finally:
+                self._finish()
         return self.counters
 
-    def _wait_for_display(self, xpub: zmq.Socket) -> None:
+    def _serve(self) -> None:
+        router, xpub = self._sockets["volumes"], self._sockets["feedback"]
+        rep, control = self._sockets["results"], self._sockets["control"]
+        poller = zmq.Poller()
+        for sock in (router, xpub, rep, control):
+            poller.register(sock, zmq.POLLIN)
+        self._wait_for_display(xpub, control)
+        while not self._stop.is_set() and not self._run_complete():
+            for sock, _ in poller.poll():
+                if sock is router:
+                    self._on_volume_message(router, xpub)
+                elif sock is rep:
+                    self._on_request(rep)
+                elif sock is xpub:
+                    self._on_subscription(xpub)
+                else:
+                    control.recv()  # a wake-up from stop(): the loop checks _stop
+        if self._recorder is not None or self.counters.n_processed:
+            xpub.send_multipart(protocol.encode_run_end(self.counters.n_processed))
+
+    def _wait_for_display(self, xpub: zmq.Socket, control: zmq.Socket) -> None:
         if self.wait_display <= 0:
             return
         log.info("waiting up to %g s for a feedback display at %s", self.wait_display,
                  self.endpoints["feedback"])
+        poller = zmq.Poller()
+        poller.register(xpub, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
         deadline = time.monotonic() + self.wait_display
         while not self.subscribed.is_set() and not self._stop.is_set():
             remaining = deadline - time.monotonic()
@@ -175,8 +222,11 @@ class Server:
                 log.warning("no display subscribed within %g s; serving anyway",
                             self.wait_display)
                 return
-            if xpub.poll(min(100, int(remaining * 1000) + 1)):
+            ready = dict(poller.poll(int(remaining * 1000) + 1))
+            if xpub in ready:
                 self._on_subscription(xpub)
+            if control in ready:
+                control.recv()
 
     def _run_complete(self) -> bool:
         if self.n_volumes is not None and self.counters.n_processed >= self.n_volumes:
@@ -200,9 +250,9 @@ class Server:
                  counters.n_malformed, counters.n_rejected, self.out_dir)
 
     def _close_sockets(self) -> None:
-        for sock in self._sockets.values():
+        sockets, self._sockets = self._sockets, {}
+        for sock in sockets.values():
             sock.close()
-        self._sockets = {}
 
     # ------------------------------------------------------------------ volume channel
     def _on_volume_message(self, router: zmq.Socket, xpub: zmq.Socket) -> None:
