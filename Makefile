@@ -23,6 +23,7 @@ demo-model: venv
 
 test: system venv tools
 	$(BIN)/ruff check rtserver feedback_display tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(XRUN) $(BIN)/python -m pytest -ra
 
 benchmark: venv
@@ -32,6 +33,7 @@ benchmark: venv
 
 lint: venv
 	$(BIN)/ruff check rtserver feedback_display tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 system: .stamp-system
 .stamp-system:

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from rtserver.errors import TransportError
+from rtserver.resources import demo_model_path
+from rtserver.train.demo_model import GROUP, SEED, SUBJECT
 
 log = logging.getLogger(__name__)
 
-SUBJECT, GROUP, SEED, TASK = "01", "patient", 1, "regulation"
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo_decoder.skops"
+TASK = "regulation"
 
 
 def free_port() -> int:
@@ -79,12 +80,13 @@ def run_demo(out: Path, speed: float = 8.0, display: bool = True, timeout: float
         "--subject", SUBJECT, "--task", TASK, "--run", "1",
         "--wait-display", "60" if display else "0",
     ]
-    if DEMO_MODEL.exists():
-        log.info("feedback from the demo decoder %s", DEMO_MODEL)
-        server_cmd += ["--model", str(DEMO_MODEL)]
+    demo_model = demo_model_path()
+    if demo_model.exists():
+        log.info("feedback from the demo decoder %s", demo_model)
+        server_cmd += ["--model", str(demo_model)]
     else:
         log.warning("no demo decoder at %s (python -m rtserver.train.demo_model writes it); the "
-                    "feedback is the NAcc's percent signal change", DEMO_MODEL)
+                    "feedback is the NAcc's percent signal change", demo_model)
         server_cmd += ["--roi", str(run.rois), "--target", "nacc"]
     display_cmd = [
         _script("feedback-display"), "--paradigm", TASK, "--server", feedback,

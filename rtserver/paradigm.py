@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 import tomllib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from rtserver.errors import ConfigError
@@ -66,7 +67,9 @@ DEFAULT_TARGETS = {"reappraise": "down", "savor": "up"}
 #: Conditions whose volumes form the feedback baseline.
 BASELINE_CONDITIONS = ("fixation",)
 
-PARADIGM_DIR = Path(__file__).resolve().parent.parent / "feedback_display" / "paradigms"
+def shipped_paradigms() -> Path:
+    """The folder of the shipped paradigms (``feedback_display/paradigms``, package data)."""
+    return Path(str(resources.files("feedback_display").joinpath("paradigms")))
 
 
 @dataclass(frozen=True)
@@ -285,10 +288,10 @@ def resolve_paradigm_path(path: str | Path) -> Path:
             raise ConfigError(f"Paradigm file {candidate} does not exist.")
         return candidate
     for suffix in (".toml", ".yaml", ".yml"):
-        shipped = PARADIGM_DIR / f"{path}{suffix}"
+        shipped = shipped_paradigms() / f"{path}{suffix}"
         if shipped.exists():
             return shipped
-    names = sorted(p.stem for p in PARADIGM_DIR.glob("*.toml"))
+    names = sorted(p.stem for p in shipped_paradigms().glob("*.toml"))
     raise ConfigError(f"No paradigm file {path!r}; shipped paradigms are {names}.")
 
 

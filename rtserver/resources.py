@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from importlib.abc import Traversable
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -29,6 +30,16 @@ TEMPLATE_FILE = data_file("mni152", "MNI152_T1_3mm.nii.gz")
 TEMPLATE_MASK_FILE = data_file("mni152", "MNI152_T1_3mm_brain_mask.nii.gz")
 ATLAS_FILE = data_file("schaefer200_tian_s2", f"{_ATLAS_STEM}_MNI152NLin6Asym_2mm.nii.gz")
 ATLAS_LABEL_FILE = data_file("schaefer200_tian_s2", f"{_ATLAS_STEM}_label.txt")
+
+
+def demo_model_path() -> Path:
+    """The demo decoder, ``models/demo_decoder.skops`` at the project's root.
+
+    ``models/`` is the project's folder of trained decoders (DESIGN keeps it beside the
+    packages, not inside one), so this is a checkout path, not package data: the demo and
+    its regeneration (``python -m rtserver.train.demo_model``) run from a source checkout.
+    """
+    return Path(str(resources.files("rtserver"))).parent / "models" / "demo_decoder.skops"
 
 
 def _read_image(file: Traversable) -> tuple[np.ndarray, np.ndarray, float]:

@@ -18,8 +18,8 @@ from sklearn.metrics import roc_auc_score
 
 from rtserver.core.decoder import volume_labels
 from rtserver.core.hrf import condition_regressors
-from rtserver.demo import DEMO_MODEL
 from rtserver.paradigm import Paradigm
+from rtserver.resources import demo_model_path
 
 from .conftest import command
 
@@ -41,7 +41,7 @@ def test_demo_runs_and_feedback_follows_the_planted_signal(tmp_path, processes):
     paradigm = Paradigm.from_file("regulation")
     assert [int(row["volume"]) for row in rows] == list(range(paradigm.n_volumes))
 
-    if DEMO_MODEL.exists():
+    if demo_model_path().exists():
         _check_decoder_feedback(rows, paradigm, output / f"{prefix}_desc-session.json")
     else:
         _check_roi_feedback(rows, paradigm, out, prefix)

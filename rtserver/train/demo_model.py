@@ -20,13 +20,14 @@ import tempfile
 from pathlib import Path
 
 from rtserver.config import Config
-from rtserver.demo import GROUP, SEED, SUBJECT
+from rtserver.resources import demo_model_path
 from rtserver.service.model_file import save_decoder
 from rtserver.sim.simulator import simulate_subject
 from rtserver.train.training import train_subject
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEMO_MODEL = MODELS_DIR / "demo_decoder.skops"
+#: The demo subject: a simulated patient, seed 1 (the demo replays its regulation run 1).
+SUBJECT, GROUP, SEED = "01", "patient", 1
+DEMO_MODEL = demo_model_path()
 
 
 def train_demo(out: Path = DEMO_MODEL, progress: bool = True) -> tuple[Path, Path]:
