@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _stats import summary
 from sklearn.metrics import roc_auc_score
 
 from rtserver.config import Config
@@ -188,10 +189,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
                 whole.append((t2 - t0) * 1000.0)
         for name, values in (("ROI extraction + signal model + decoding", timings),
                              ("the same plus motion correction", whole)):
-            values = np.asarray(values)
-            print(f"{name}: median {np.median(values):.3f} ms, p95 "
-                  f"{np.percentile(values, 95):.3f} ms, p99 {np.percentile(values, 99):.3f} ms "
-                  f"(n={len(values)})")
+            print(summary(values, digits=3, label=f"{name}:"))
 
 
 def main() -> None:

@@ -22,20 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _stats import summary
 
 from rtserver.config import Config
-from rtserver.core.pipeline import Pipeline
 from rtserver.scanner.sources import open_source
 from rtserver.service.replay import replay
 from rtserver.service.server import Server
+from rtserver.service.session import Session
 from rtserver.sim.simulator import simulate_subject
-
-
-def summary(values_ms: list[float]) -> str:
-    values = np.asarray(values_ms)
-    return (f"median {np.median(values):6.2f} ms   p95 {np.percentile(values, 95):6.2f} ms   "
-            f"p99 {np.percentile(values, 99):6.2f} ms   max {values.max():6.2f} ms   "
-            f"(n={len(values)})")
 
 
 def main() -> None:
@@ -65,7 +59,7 @@ def main() -> None:
         print(f"run: {source.n_volumes} volumes of {shape} at {args.voxel} mm "
               f"({source.path.name})")
 
-        latencies, rates = [], []
+        latencies, first, rates = [], [], []
         for repeat in range(args.repeats):
             out = tmp / f"out{repeat}"
             server = Server(config, out)
@@ -75,22 +69,27 @@ def main() -> None:
             table = next(out.glob("*_desc-feedback_timeseries.tsv"))
             with table.open(newline="") as handle:
                 rows = list(csv.DictReader(handle, delimiter="\t"))
-            latencies += [float(row["latency_ms"]) for row in rows[1:]]  # volume 0 fits
+            latencies += [float(row["latency_ms"]) for row in rows[1:]]
+            first.append(float(rows[0]["latency_ms"]))
 
         print(f"received -> published (server, {args.repeats} replays, volume 0 excluded):")
         print(f"  {summary(latencies)}")
+        print(f"volume 0 received -> published: {', '.join(f'{v:.1f}' for v in first)} ms "
+              f"(TR {source.tr:g} s; the reference is "
+              f"{'known at setup' if args.model else 'volume 0 itself'})")
         print(f"replay as fast as possible: {np.median(rates):.0f} volumes/s "
               f"(send, acknowledge, process, publish, record)")
 
         volumes = list(source)
-        pipeline = Pipeline(config)
+        session = Session.from_config(config)
+        pipeline = session.pipeline()
         pipeline.step(volumes[0])
         steps = []
         for volume in volumes[1:]:
             start = time.perf_counter()
             pipeline.step(volume)
             steps.append((time.perf_counter() - start) * 1000.0)
-        motion = Pipeline(config)
+        motion = session.pipeline()
         motion.step(volumes[0])
         motion_ms = []
         for volume in volumes[1:]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from _stats import summary
 
 from rtserver.core.stages import MotionCorrector
 from rtserver.rigid import PARAMETER_NAMES, matrix_to_params, params_to_matrix
@@ -72,13 +73,12 @@ def main() -> None:
                     estimates.append(corrector.partial_fit(volume).estimate_)
                     times.append((time.perf_counter() - start) * 1000.0)
                 passes.append((float(np.median(times)), times, setup_ms, estimates, corrector))
-            median, times, setup_ms, estimates, corrector = min(passes, key=lambda p: p[0])
+            _, times, setup_ms, estimates, corrector = min(passes, key=lambda p: p[0])
             iterations = np.array([e.n_iterations for e in estimates[1:]])
             rms_mm, rms_deg = truth_errors(run, estimates, corrector.centre_)
             print(f"{'x'.join(map(str, shape))} at {voxel} mm ({len(volumes)} volumes, "
                   f"{corrector.n_samples_} sample points, best of {args.repeats}):")
-            print(f"  per volume: median {median:5.2f} ms   p95 {np.percentile(times, 95):5.2f} ms"
-                  f"   max {max(times):5.2f} ms")
+            print(f"  per volume: {summary(times)}")
             print(f"  set-up on the reference: {setup_ms:.0f} ms;  iterations median "
                   f"{np.median(iterations):.0f}, max {iterations.max()};  restarts "
                   f"{sum(e.restarted for e in estimates)};  spikes at {list(run.spike_volumes)}")

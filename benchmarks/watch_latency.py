@@ -29,8 +29,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-import numpy as np
 import pydicom
+from _stats import summary
 
 from rtserver.scanner.export_writer import ExportPlan, ExportWriter, groups_by_volume
 from rtserver.scanner.readers import read_file
@@ -97,9 +97,7 @@ def measure(groups: list[list[Path]], interval: float, poll: float | None,
 
 
 def line(name: str, values: list[float]) -> str:
-    values = np.asarray(values)
-    return (f"{name:<44s} median {np.median(values):6.1f} ms   p95 "
-            f"{np.percentile(values, 95):6.1f} ms   max {values.max():6.1f} ms   (n={len(values)})")
+    return summary(values, digits=1, label=name, width=44)
 
 
 def main() -> None:
