@@ -435,6 +435,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- entry point
+#: The option of this command that changes a setting named by an error (``setting=``).
+SETTING_OPTIONS = {
+    "tr": "--tr", "to": "--to", "n_volumes": "--n-volumes", "roi.mask": "--roi",
+    "roi.target": "--target", "paradigm": "--paradigm", "series": "--series",
+    "watch": "--watch", "motion.reference": "--reference",
+    "motion.reference_index": "--reference-index", "decoder.model": "--model",
+    "format": "--format", "slices": "--slices",
+}
+
+
+def error_line(exc: RtfmriError) -> str:
+    """The one line printed for an error: its message, and the option that changes it."""
+    message = " ".join(str(exc).split())
+    option = SETTING_OPTIONS.get(getattr(exc, "setting", None) or "")
+    return f"{message} (option {option})" if option else message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``rtserver`` command; return its exit code."""
     parser = build_parser()
@@ -444,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RtfmriError as exc:
-        print("rtserver: error: " + " ".join(str(exc).split()), file=sys.stderr)
+        print("rtserver: error: " + error_line(exc), file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"rtserver: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),

@@ -7,7 +7,20 @@ front ends (``rtserver``, ``feedback-display``) add those.
 
 
 class RtfmriError(Exception):
-    """Base class of every error this project raises on purpose."""
+    """Base class of every error this project raises on purpose.
+
+    Parameters
+    ----------
+    message : str
+        What was expected and what was got.
+    setting : str or None
+        The setting the user can change to fix it (``"tr"``, ``"roi.mask"``, ...): a
+        command-line front end names its own option for it.
+    """
+
+    def __init__(self, message: str = "", *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class ProtocolError(RtfmriError, ValueError):

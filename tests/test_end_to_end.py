@@ -275,6 +275,8 @@ def test_a_crash_loses_nothing_already_recorded(tmp_path, processes, context):
          "Motion reference: Cannot read NIfTI file"),
         (["serve", "--out", "{tmp}/o", "--config", "{tmp}/motion.toml"],
          "'interpolation_order' should be 1, 2 or 3"),
+        (["serve", "--out", "{tmp}/o", "--n-volumes", "0"],
+         "run length should be >= 1 volume. Got 0. \\(option --n-volumes\\)$"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, processes, args, match):

@@ -209,7 +209,7 @@ class Pipeline:
             task = task_regressor(self.events, tr, int(np.ceil((end + 32.0) / tr)))
         elif settings["task_regressor"] and self.decoder is not None:
             log.warning("the decoder was trained with a task regressor, but this run has no "
-                        "paradigm (--paradigm): the signal model runs without it")
+                        "paradigm: the signal model runs without it")
         return SignalModel(drift_order=int(settings["drift_order"]),
                            drift_timescale=float(settings["drift_timescale"]),
                            despike=float(settings["despike"]), ridge=float(settings["ridge"]),

@@ -248,7 +248,7 @@ def atlas_rois(reference: Volume, template: Template, atlas: Atlas,
     if problems:
         raise InputError("Atlas registration to the reference volume refused ("
                          + "; ".join(problems) + "): is it a brain EPI? Give ROI masks in "
-                         "EPI space instead (--roi FILE).")
+                         "EPI space instead.", setting="roi.mask")
     coords = (np.linalg.inv(atlas.affine) @ matrix @ np.vstack([world.T, np.ones(len(world))]))
     sampled = ndimage.map_coordinates(atlas.labels, coords[:3], order=0, mode="constant", cval=0)
     labels, names = label_rois(sampled.reshape(shape), atlas)
@@ -257,5 +257,5 @@ def atlas_rois(reference: Volume, template: Template, atlas: Atlas,
     if empty:
         raise InputError(f"After atlas registration the ROIs {empty} have no voxel in the "
                          "reference volume's field of view; give ROI masks in EPI space "
-                         "(--roi FILE).")
+                         "instead.", setting="roi.mask")
     return RoiSet(labels=labels, affine=reference.affine, names=names), quality

@@ -52,7 +52,8 @@ class ScannerBridge:
                  context: zmq.Context | None = None) -> None:
         if not protocol.is_endpoint(address):
             raise InputError(
-                f"--to should be a ZeroMQ endpoint like tcp://127.0.0.1:5555. Got {address!r}."
+                f"The server's volume endpoint should be a ZeroMQ endpoint like "
+                f"tcp://127.0.0.1:5555. Got {address!r}.", setting="to"
             )
         if ack_timeout <= 0 or timeout <= 0:
             raise InputError("Timeouts should be > 0 seconds.")

@@ -86,7 +86,8 @@ class Server:
                  n_volumes: int | None = None, wait_display: float = 0.0,
                  context: zmq.Context | None = None) -> None:
         if n_volumes is not None and n_volumes < 1:
-            raise InputError(f"--n-volumes should be >= 1. Got {n_volumes}.")
+            raise InputError(f"The run length should be >= 1 volume. Got {n_volumes}.",
+                             setting="n_volumes")
         self.config = config
         self.out_dir = Path(out_dir)
         self.pipeline = pipeline if pipeline is not None else Session.from_config(config).pipeline()
