@@ -125,7 +125,7 @@ def run_demo(out: Path, speed: float = 8.0, display: bool = True, timeout: float
 
 def _print_summary(out: Path, output: Path, screenshots: Path, bids: Path,
                    display: bool) -> None:
-    feedback = output / f"sub-{SUBJECT}_task-{TASK}_run-1_desc-feedback_timeseries.tsv"
+    feedback = output / f"{bids.prefix(SUBJECT, TASK, 1)}_desc-feedback_timeseries.tsv"
     latencies = []
     if feedback.exists():
         with feedback.open(newline="") as handle:

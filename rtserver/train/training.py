@@ -106,7 +106,8 @@ def find_runs(bids: str | Path, subject: str, task: str = "localizer",
         If the subject has no such run, a requested run is missing, or a run has no events.
     """
     subject = bids_names.label(subject)
-    func = Path(bids) / f"sub-{subject}" / "func"
+    expected = bids_names.RunEntities(subject=subject, task=task, run=1)
+    func = expected.folder(bids)
     found = bids_names.find_runs(bids, subject, task)
     if runs:
         found = [(n, p) for n, p in found if n in runs]
@@ -115,7 +116,8 @@ def find_runs(bids: str | Path, subject: str, task: str = "localizer",
             raise InputError(f"{func}: no {task} run {missing} of sub-{subject}.")
     if not found:
         raise InputError(f"No {task} run of sub-{subject} in {bids}: expected "
-                         f"sub-{subject}/func/sub-{subject}_task-{task}_run-<n>_bold.nii.gz.")
+                         f"{expected.path(bids, 'bold.nii.gz').relative_to(bids)} and "
+                         "further run numbers.")
     pairs = []
     for _, bold in sorted(found):
         events = bids_names.events_path(bold)
@@ -317,7 +319,7 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
         "format": "skops; load with rtserver.service.model_file.load_decoder (explicit trusted types)",
         "training_data": {
             "bids": Path(bids).resolve().name,
-            "subject": subject.removeprefix("sub-"),
+            "subject": bids_names.label(subject),
             "task": task,
             "runs": [{"bold": bold.name, "events": events.name} for bold, events in files],
             "n_volumes": int(n_total),
