@@ -150,9 +150,11 @@ class FeedbackSubscriber:
             self._context.term()
 
     def __enter__(self) -> FeedbackSubscriber:
+        """Connect and start receiving (see :meth:`start`)."""
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
+        """Stop receiving (see :meth:`close`)."""
         self.close()
 
     def _run(self) -> None:

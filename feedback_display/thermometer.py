@@ -60,12 +60,12 @@ class ThermometerGeometry:
 
     @property
     def bottom(self) -> int:
-        """y of the tube's inner bottom edge (where the fill starts)."""
+        """The y of the tube's inner bottom edge (where the fill starts)."""
         return self.centre[1] - self.height // 2
 
     @property
     def top(self) -> int:
-        """y of the tube's inner top edge."""
+        """The y of the tube's inner top edge."""
         return self.centre[1] + self.height // 2
 
     def fill_height(self, value: float) -> int:
@@ -94,7 +94,7 @@ class ThermometerGeometry:
 
     @property
     def marker_y(self) -> int:
-        """y of the baseline marker (the fill's top at :data:`BASELINE_VALUE`)."""
+        """The y of the baseline marker (the fill's top at :data:`BASELINE_VALUE`)."""
         return self.bottom + self.fill_height(BASELINE_VALUE)
 
 
