@@ -48,7 +48,7 @@ from feedback_display.outputs import (
     save_png,
     write_json,
 )
-from feedback_display.pictures import SHIPPED_PICTURES, find_pictures, stim_file
+from feedback_display.pictures import SHIPPED_PICTURES, find_pictures, picture_folder, stim_file
 from feedback_display.rating import RatingScale
 from feedback_display.schedule import FrameSchedule, Timeline, frames_of
 from feedback_display.screens import Screens
@@ -113,7 +113,7 @@ class FeedbackDisplay:
         folder = self.options.pictures or paradigm.display.pictures or SHIPPED_PICTURES
         categories = sorted({b.cue for b in paradigm.blocks if b.cue != "none"})
         self.picture_files = find_pictures(folder, categories)
-        self.picture_folder = folder
+        self.picture_folder = picture_folder(folder)
         self._window = DisplayWindow(self.options.fullscreen, self.options.window_size)
         self._writer: BackgroundWriter | None = None
         make_folders(self.options.out, self.options.screenshots)
