@@ -17,9 +17,9 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from feedback_display.outputs import check_label
+from feedback_display.options import DisplayOptions
 from feedback_display.subscriber import DEFAULT_SERVER, check_endpoint
-from rtserver.errors import ConfigError, RtfmriError
+from rtserver.errors import RtfmriError
 from rtserver.paradigm import Paradigm
 
 PROG = "feedback-display"
@@ -124,24 +124,17 @@ def run(args: argparse.Namespace) -> int:
     """Load the paradigm, open the display, show the run; return the exit code."""
     paradigm = Paradigm.from_file(args.paradigm)
     check_endpoint(args.server)
-    try:
-        check_label("subject", args.subject)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    # PsychoPy is imported only now: bad input above fails fast, without opening a window.
-    from feedback_display.display import DisplayOptions, FeedbackDisplay
-
-    try:
-        options = DisplayOptions(
-            fullscreen=not args.windowed, timeout=args.timeout, screenshots=args.screenshots,
-            out=args.out, subject=args.subject, run=args.run, start_on=args.start_on,
-            trigger_keys=args.trigger_key, left_keys=args.left_keys,
-            right_keys=args.right_keys, confirm_keys=args.confirm_keys,
-            stale_after=args.stale_after, skip_ratings=args.skip_ratings,
-            pictures=args.pictures,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    options = DisplayOptions(
+        fullscreen=not args.windowed, timeout=args.timeout, screenshots=args.screenshots,
+        out=args.out, subject=args.subject, run=args.run, start_on=args.start_on,
+        trigger_keys=args.trigger_key, left_keys=args.left_keys,
+        right_keys=args.right_keys, confirm_keys=args.confirm_keys,
+        stale_after=args.stale_after, skip_ratings=args.skip_ratings,
+        pictures=args.pictures,
+    )
+    # The display is imported only now (PsychoPy only when the window opens): bad input
+    # above fails fast, without opening a window.
+    from feedback_display.display import FeedbackDisplay
     stop = threading.Event()
     _install_stop_handlers(stop)
     # The constructor checks the pictures and output folders: still no window.
@@ -173,8 +166,10 @@ def _error(message: str) -> None:
 
 
 def _configure_logging(level: int) -> None:
-    """Log this package's messages to stderr (not the root logger: PsychoPy's dependencies
-    log chatter there)."""
+    """Log this package's messages to stderr.
+
+    Not through the root logger: PsychoPy's dependencies log chatter there.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
     package = logging.getLogger("feedback_display")

@@ -12,7 +12,10 @@ picture into a texture before the run starts, so no block touches the disk.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -21,8 +24,8 @@ from rtserver.errors import ConfigError
 #: Cue categories that have pictures.
 CUE_CATEGORIES = ("drug", "food", "neutral")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
-#: The placeholder pictures shipped with the package.
-SHIPPED_PICTURES = Path(__file__).resolve().parent / "images"
+#: The placeholder pictures shipped with the package (package data).
+SHIPPED_PICTURES: Traversable = resources.files("feedback_display") / "images"
 PLACEHOLDER_SIZE = (320, 240)  # width, height
 N_PLACEHOLDERS = 3
 
@@ -34,36 +37,37 @@ _PALETTES = {
 }
 
 
-def find_pictures(folder: str | Path, categories: tuple[str, ...] | list[str]
-                  ) -> dict[str, list[Path]]:
+def find_pictures(folder: str | os.PathLike | Traversable, categories: tuple[str, ...] | list[str]
+                  ) -> dict[str, list[Traversable]]:
     """List the cue pictures of each category a run needs, sorted by file name.
 
     Parameters
     ----------
-    folder : str or Path
-        Folder with one subfolder per category (``drug/``, ``food/``, ``neutral/``).
+    folder : str, Path or Traversable
+        Folder with one subfolder per category (``drug/``, ``food/``, ``neutral/``), on
+        disk or package data (:data:`SHIPPED_PICTURES`).
     categories : sequence of str
         Categories the run shows (from the paradigm's blocks).
 
     Returns
     -------
-    dict of str to list of Path
-        The PNG and JPEG files of each category.
+    dict of str to list of Traversable
+        The PNG and JPEG files of each category (paths when ``folder`` is on disk).
 
     Raises
     ------
     ConfigError
         If the folder, a needed subfolder, or any picture in it is missing.
     """
-    folder = Path(folder)
+    folder = picture_folder(folder)
     if not folder.is_dir():
         raise ConfigError(f"Picture folder {folder} does not exist (expected subfolders "
                           f"{', '.join(c + '/' for c in CUE_CATEGORIES)}).")
     found = {}
     for category in categories:
         sub = folder / category
-        files = sorted(p for p in sub.glob("*") if p.suffix.lower() in PICTURE_SUFFIXES
-                       and p.is_file()) if sub.is_dir() else []
+        files = sorted((p for p in sub.iterdir() if is_picture_name(p.name) and p.is_file()),
+                       key=lambda p: p.name) if sub.is_dir() else []
         if not files:
             raise ConfigError(f"Picture folder {folder} has no PNG or JPEG pictures in "
                               f"{category}/, and the paradigm shows {category} cues.")
@@ -71,14 +75,34 @@ def find_pictures(folder: str | Path, categories: tuple[str, ...] | list[str]
     return found
 
 
+def picture_folder(folder: str | os.PathLike | Traversable) -> Traversable:
+    """A picture folder given by name (a :class:`~pathlib.Path`), or package data as is."""
+    return Path(folder) if isinstance(folder, str | os.PathLike) else folder
+
+
+def is_picture_name(name: str) -> bool:
+    """True for a file name with a PNG or JPEG suffix (any case)."""
+    return PurePath(name).suffix.lower() in PICTURE_SUFFIXES
+
+
+def stim_file(category: str, picture: Traversable) -> str:
+    """A cue picture's name relative to its picture folder: ``drug/001.jpg``."""
+    return f"{category}/{picture.name}"
+
+
 def placeholder_image(category: str, index: int) -> np.ndarray:
     """Draw placeholder picture ``index`` of a category: an RGB uint8 array (240x320).
 
     Drug placeholders are diagonal stripes, food placeholders concentric rings, neutral
     placeholders a checkerboard; ``index`` shifts and scales the pattern. No randomness.
+
+    Raises
+    ------
+    ConfigError
+        If ``category`` is not one of :data:`CUE_CATEGORIES`.
     """
     if category not in _PALETTES:
-        raise ValueError(f"'category' should be one of {CUE_CATEGORIES}. Got {category!r}.")
+        raise ConfigError(f"'category' should be one of {CUE_CATEGORIES}. Got {category!r}.")
     width, height = PLACEHOLDER_SIZE
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     period = 40.0 + 12.0 * index
@@ -96,20 +120,29 @@ def placeholder_image(category: str, index: int) -> np.ndarray:
     return image.round().astype(np.uint8)
 
 
-def placeholder_path(folder: Path, category: str, index: int) -> Path:
+def placeholder_path(folder: str | os.PathLike | Traversable, category: str,
+                     index: int) -> Traversable:
     """File name of a placeholder: ``<folder>/<category>/placeholder-<n>.png``."""
-    return Path(folder) / category / f"placeholder-{index + 1}.png"
+    return picture_folder(folder) / category / f"placeholder-{index + 1}.png"
 
 
-def write_placeholders(folder: str | Path = SHIPPED_PICTURES,
+def write_placeholders(folder: str | os.PathLike | Traversable = SHIPPED_PICTURES,
                        n_per_category: int = N_PLACEHOLDERS) -> list[Path]:
-    """Write the placeholder pictures (PNG) under ``folder``; return their paths."""
+    """Write the placeholder pictures (PNG) under ``folder``; return their paths.
+
+    Raises
+    ------
+    ConfigError
+        If ``folder`` is not on disk (package data inside an archive cannot be written).
+    """
     from PIL import Image
 
+    if not isinstance(folder, str | os.PathLike):
+        raise ConfigError(f"Placeholders can only be written to a folder on disk. Got {folder!r}.")
     paths = []
     for category in CUE_CATEGORIES:
         for index in range(n_per_category):
-            path = placeholder_path(Path(folder), category, index)
+            path = Path(placeholder_path(folder, category, index))
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(placeholder_image(category, index)).save(path, format="PNG",
                                                                      optimize=True)

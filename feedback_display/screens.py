@@ -13,10 +13,12 @@ it; the rating scale across the centre.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.abc import Traversable
 from typing import Any
 
-from feedback_display.thermometer import ThermometerGeometry
+from feedback_display.thermometer import BASELINE_VALUE, ThermometerGeometry
+from rtserver.errors import InputError
+from rtserver.paradigm import Block
 
 # Colours (rgb255): calm, low-contrast greys with one soft blue for the feedback.
 BACKGROUND = (46, 48, 52)
@@ -26,6 +28,8 @@ FILL = (86, 164, 196)
 CENSORED_FILL = (120, 120, 120)
 #: The bar's colour while no feedback comes from the server (it rests at baseline).
 NEUTRAL_FILL = (84, 88, 96)
+#: The bar's colour for each kind of value (see :class:`feedback_display.feedback_state.BarFrame`).
+FILLS = {"value": FILL, "censored": CENSORED_FILL, "unavailable": NEUTRAL_FILL}
 MARKER = (215, 215, 215)
 TARGET = (226, 196, 120)
 TEXT = (222, 222, 222)
@@ -58,7 +62,7 @@ def thermometer_geometry() -> ThermometerGeometry:
 
 
 def scale_x(position: float) -> int:
-    """x (pixels) of a rating-scale position in [0, 100]."""
+    """The x (pixels) of a rating-scale position in [0, 100]."""
     return round(-SCALE_HALF_WIDTH + 2 * SCALE_HALF_WIDTH * min(100.0, max(0.0, position)) / 100)
 
 
@@ -87,9 +91,9 @@ def _text(win: Any, content: str, pos: tuple[float, float], size: int,
 
 
 class ThermometerDisplay:
-    """The thermometer's PsychoPy stimuli: an outlined tube, a fill, baseline ticks, and the
-    target arrow.
+    """The thermometer's PsychoPy stimuli.
 
+    An outlined tube, a fill, baseline ticks, and the target arrow.
     Every part is a filled rectangle with whole-pixel edges, so the fill covers exactly
     :meth:`fill_height` rows of pixels.
 
@@ -131,8 +135,11 @@ class ThermometerDisplay:
 
     def draw(self, value: float, color: tuple[int, int, int] = FILL,
              target: str = "none") -> None:
-        """Draw the tube, the baseline ticks, the fill for ``value`` in ``color``, and an
-        arrow toward the ``target`` direction (``"up"``, ``"down"``, or none)."""
+        """Draw the thermometer.
+
+        The tube, the baseline ticks, the fill for ``value`` in ``color``, and an arrow
+        toward the ``target`` direction (``"up"``, ``"down"``, or none).
+        """
         self._border.draw()
         self._inside.draw()
         for marker in self._markers:
@@ -175,8 +182,11 @@ class RatingScaleDisplay:
         self._confirmed: bool | None = None
 
     def draw(self, position: float, confirmed: bool = False, question: bool = True) -> None:
-        """Draw the scale with its marker at ``position`` (0-100), blue once confirmed; with
-        its question unless ``question`` is False (a rating block shows its instruction)."""
+        """Draw the scale with its marker at ``position`` (0-100), blue once confirmed.
+
+        With its question unless ``question`` is False (a rating block shows its
+        instruction).
+        """
         if question:
             self._question.draw()
         for part in (self._line, *self._ticks, *self._labels):
@@ -194,18 +204,19 @@ class RatingScaleDisplay:
 class CuePicture:
     """One cue picture, loaded: its file, category, and texture (an ImageStim)."""
 
-    path: Path
+    path: Traversable
     category: str
     stimulus: Any
 
 
-def load_pictures(win: Any, pictures: dict[str, list[Path]]) -> dict[str, list[CuePicture]]:
+def load_pictures(win: Any, pictures: dict[str, list[Traversable]]
+                  ) -> dict[str, list[CuePicture]]:
     """Read every picture from disk into a texture, fitted into :data:`PICTURE_BOX`.
 
     Raises
     ------
-    OSError
-        If a picture cannot be read (the message names it).
+    InputError
+        If a picture cannot be read as an image (the message names it).
     """
     from PIL import Image, UnidentifiedImageError
     from psychopy import visual
@@ -215,10 +226,10 @@ def load_pictures(win: Any, pictures: dict[str, list[Path]]) -> dict[str, list[C
         loaded[category] = []
         for path in paths:
             try:
-                with Image.open(path) as image:
+                with path.open("rb") as handle, Image.open(handle) as image:
                     rgb = image.convert("RGB")
             except (OSError, UnidentifiedImageError) as exc:
-                raise OSError(f"Cannot read cue picture {path}: {exc}") from None
+                raise InputError(f"Cannot read cue picture {path}: {exc}") from None
             # Scaled once here, with a good filter, to the pixels it covers on screen: drawn
             # 1:1 it needs no filtering per frame (cheap even for software OpenGL).
             size = fitted_size(*rgb.size)
@@ -239,13 +250,13 @@ class Screens:
         The window (``"pix"`` units).
     instructions : iterable of str
         Every instruction text of the paradigm.
-    pictures : dict of str to list of Path
-        The cue pictures to load.
+    pictures : dict of str to list of Traversable
+        The cue pictures to load (see :func:`feedback_display.pictures.find_pictures`).
     rating : tuple of str
         Question, low label, high label and key hint of the rating scale.
     """
 
-    def __init__(self, win: Any, instructions: list[str], pictures: dict[str, list[Path]],
+    def __init__(self, win: Any, instructions: list[str], pictures: dict[str, list[Traversable]],
                  rating: tuple[str, str, str, str]) -> None:
         self.win = win
         self.geometry = thermometer_geometry()
@@ -263,8 +274,11 @@ class Screens:
         self.pictures = load_pictures(win, pictures)
 
     def prepare(self) -> None:
-        """Draw every stimulus once and clear the buffer: a first draw builds textures and
-        glyphs, which would otherwise make the first frame of a block late."""
+        """Draw every stimulus once and clear the buffer.
+
+        A first draw builds textures and glyphs, which would otherwise make the first frame
+        of a block late.
+        """
         for stimulus in (*self.instructions.values(), self.waiting, self.hold_still,
                          self.result, *self.cross):
             stimulus.draw()
@@ -289,3 +303,47 @@ class Screens:
         if tuple(cue.stimulus.pos) != pos:
             cue.stimulus.pos = pos
         cue.stimulus.draw()
+
+    def draw_block(self, block: Block, picture: CuePicture | None, thermometer: bool) -> None:
+        """A run frame's background: the block's instruction, its fixation cross or picture.
+
+        Parameters
+        ----------
+        block : Block
+            The current block.
+        picture : CuePicture or None
+            The cue picture on screen, if any.
+        thermometer : bool
+            True if the thermometer is drawn too (the picture moves left of it).
+        """
+        self.instructions[block.instruction or block.condition.upper()].draw()
+        if block.condition == "fixation" or (block.cue == "none" and not thermometer):
+            self.draw_cross()
+        if picture is not None:
+            self.draw_picture(picture, with_thermometer=thermometer)
+
+    def draw_bar(self, value: float, fill: str, target: str) -> None:
+        """Draw the thermometer at ``value`` in the colour of ``fill`` (see :data:`FILLS`).
+
+        With "Hold still" below it when the value is censored.
+        """
+        self.thermometer.draw(value, FILLS[fill], target)
+        if fill == "censored":
+            self.hold_still.draw()
+
+    def draw_result(self, mean: float | None, target: str) -> None:
+        """Draw an intermittent result: the block's mean with "Your result".
+
+        Without a mean, the bar rests at baseline in its neutral colour.
+        """
+        if mean is None:
+            self.thermometer.draw(BASELINE_VALUE, NEUTRAL_FILL, target)
+        else:
+            self.thermometer.draw(mean, FILL, target)
+            self.result.draw()
+
+    def draw_block_rating(self, block: Block, position: float, confirmed: bool) -> None:
+        """A rating block: its instruction as the question (else the scale's own), the scale."""
+        if block.instruction:
+            self.instructions[block.instruction].draw()
+        self.rating.draw(position, confirmed, question=not block.instruction)

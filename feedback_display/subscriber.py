@@ -18,14 +18,13 @@ from dataclasses import dataclass
 import zmq
 
 from rtserver import protocol
-from rtserver.errors import ProtocolError, TransportError
+from rtserver.errors import ConfigError, ProtocolError, TransportError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = protocol.DEFAULT_FEEDBACK
 #: Malformed messages logged one by one; later ones are only counted.
 MAX_LOGGED_MALFORMED = 20
-
 
 
 @dataclass(frozen=True)
@@ -93,6 +92,13 @@ class FeedbackSubscriber:
     context : zmq.Context or None
         Context to create the socket in; a private one (terminated on close) if None.
 
+    Raises
+    ------
+    TransportError
+        If ``address`` is not a ZeroMQ endpoint.
+    ConfigError
+        If ``poll_ms`` is below 1.
+
     Attributes
     ----------
     queue : queue.Queue of Arrival
@@ -108,7 +114,7 @@ class FeedbackSubscriber:
                  context: zmq.Context | None = None) -> None:
         self.address = check_endpoint(address)
         if poll_ms < 1:
-            raise ValueError(f"'poll_ms' should be >= 1. Got {poll_ms!r}.")
+            raise ConfigError(f"'poll_ms' should be >= 1. Got {poll_ms!r}.")
         self.poll_ms = poll_ms
         self.queue: queue.Queue[Arrival] = queue.Queue()
         self._own_context = context is None
@@ -144,9 +150,11 @@ class FeedbackSubscriber:
             self._context.term()
 
     def __enter__(self) -> FeedbackSubscriber:
+        """Connect and start receiving (see :meth:`start`)."""
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
+        """Stop receiving (see :meth:`close`)."""
         self.close()
 
     def _run(self) -> None:

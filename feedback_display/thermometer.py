@@ -1,6 +1,6 @@
 """Geometry and animation of the feedback thermometer, free of any window.
 
-The drawing code (:class:`feedback_display.display.ThermometerDisplay`) and the tests use the
+The drawing code (:class:`feedback_display.screens.ThermometerDisplay`) and the tests use the
 same numbers from here, so "the bar is ``value * height`` pixels high" is defined once.
 
 Coordinates are PsychoPy ``"pix"`` units: the origin is the centre of the window, y points up.
@@ -11,6 +11,8 @@ exactly ``fill_height`` rows of pixels (no antialiasing, nothing to round by eye
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from rtserver.errors import ConfigError
 
 #: Value at which the baseline marker is drawn.
 BASELINE_VALUE = 0.5
@@ -32,6 +34,11 @@ class ThermometerGeometry:
     marker_length : int
         Length of each of the two baseline ticks, drawn outside the tube left and right, so
         they never cover the fill.
+
+    Raises
+    ------
+    ConfigError
+        If a size is not a positive whole number, or the tube's width or height is odd.
     """
 
     width: int = 120
@@ -41,23 +48,24 @@ class ThermometerGeometry:
     marker_length: int = 22
 
     def __post_init__(self) -> None:
+        """Check the sizes (see Raises)."""
         for name in ("width", "height", "border", "marker_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name!r} should be a positive whole number of pixels. "
-                                 f"Got {value!r}.")
+                raise ConfigError(f"{name!r} should be a positive whole number of pixels. "
+                                  f"Got {value!r}.")
         if self.width % 2 or self.height % 2:
-            raise ValueError(f"Tube width and height should be even (to sit on the pixel "
-                             f"grid). Got {self.width} x {self.height}.")
+            raise ConfigError(f"Tube width and height should be even (to sit on the pixel "
+                              f"grid). Got {self.width} x {self.height}.")
 
     @property
     def bottom(self) -> int:
-        """y of the tube's inner bottom edge (where the fill starts)."""
+        """The y of the tube's inner bottom edge (where the fill starts)."""
         return self.centre[1] - self.height // 2
 
     @property
     def top(self) -> int:
-        """y of the tube's inner top edge."""
+        """The y of the tube's inner top edge."""
         return self.centre[1] + self.height // 2
 
     def fill_height(self, value: float) -> int:
@@ -86,7 +94,7 @@ class ThermometerGeometry:
 
     @property
     def marker_y(self) -> int:
-        """y of the baseline marker (the fill's top at :data:`BASELINE_VALUE`)."""
+        """The y of the baseline marker (the fill's top at :data:`BASELINE_VALUE`)."""
         return self.bottom + self.fill_height(BASELINE_VALUE)
 
 
@@ -101,6 +109,11 @@ class BarAnimator:
     initial : float
         Value shown before any target is set.
 
+    Raises
+    ------
+    ConfigError
+        If ``n_frames`` is not a positive integer.
+
     Examples
     --------
     >>> bar = BarAnimator(n_frames=2, initial=0.0)
@@ -111,7 +124,7 @@ class BarAnimator:
 
     def __init__(self, n_frames: int = 9, initial: float = 0.5) -> None:
         if isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 1:
-            raise ValueError(f"'n_frames' should be a positive integer. Got {n_frames!r}.")
+            raise ConfigError(f"'n_frames' should be a positive integer. Got {n_frames!r}.")
         self.n_frames = n_frames
         self._start = float(initial)
         self._target = float(initial)

@@ -5,6 +5,10 @@ refresh. Without vsync (Xvfb, some remote desktops) a flip returns at once and t
 spin at hundreds of frames per second, burning a core. :class:`FramePacer` tells the two
 apart from the first few flips and, without vsync, sleeps until the next frame deadline of a
 fixed-rate schedule (monotonic clock), so frames still come at the nominal rate.
+
+:class:`FrameLog` keeps the flip times' statistics: the intervals of the run's frames (for
+the run summary) and, with vsync, the refresh intervals before the run, whose median is the
+period the run's frames are counted in.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
+
+from rtserver.errors import ConfigError
 
 #: Refresh rate the display is designed for (Hz).
 NOMINAL_REFRESH_HZ = 60.0
@@ -41,15 +48,20 @@ class FramePacer:
         Flips measured in ``"auto"`` mode before deciding.
     clock, sleep : callable
         Monotonic clock (seconds) and sleep function; replaceable in tests.
+
+    Raises
+    ------
+    ConfigError
+        If ``refresh_hz`` is not positive or ``mode`` is not one of :data:`PACING_MODES`.
     """
 
     def __init__(self, refresh_hz: float = NOMINAL_REFRESH_HZ, mode: str = "auto",
                  n_calibration: int = 10, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         if not refresh_hz > 0:
-            raise ValueError(f"'refresh_hz' should be > 0. Got {refresh_hz!r}.")
+            raise ConfigError(f"'refresh_hz' should be > 0. Got {refresh_hz!r}.")
         if mode not in PACING_MODES:
-            raise ValueError(f"'mode' should be one of {PACING_MODES}. Got {mode!r}.")
+            raise ConfigError(f"'mode' should be one of {PACING_MODES}. Got {mode!r}.")
         self.period = 1.0 / refresh_hz
         self.mode = mode
         self.n_calibration = n_calibration
@@ -160,3 +172,60 @@ class IntervalStats:
 def frame_stats(refresh_hz: float = NOMINAL_REFRESH_HZ) -> IntervalStats:
     """Interval statistics whose threshold is the dropped-frame limit at ``refresh_hz``."""
     return IntervalStats(threshold_ms=DROPPED_FRAME_FACTOR * 1000.0 / refresh_hz)
+
+
+class FrameLog:
+    """Statistics of flip times: the run's frame intervals, and the refresh period before it.
+
+    Parameters
+    ----------
+    refresh_hz : float
+        Nominal frame rate; frame intervals over 1.5 of its periods count as dropped.
+    n_refresh : int
+        Refresh intervals kept (the latest ones) to measure the period before the run.
+    """
+
+    #: Refresh intervals needed before a measured period replaces the nominal one.
+    MIN_REFRESH_INTERVALS = 10
+
+    def __init__(self, refresh_hz: float = NOMINAL_REFRESH_HZ, n_refresh: int = 600) -> None:
+        self.intervals = frame_stats(refresh_hz)
+        self.n_run_frames = 0
+        self._last_flip: float | None = None
+        self._refresh: deque[float] = deque(maxlen=n_refresh)
+
+    def flipped(self, t_flip: float, in_run: bool, vsync: bool) -> None:
+        """Record a flip.
+
+        Parameters
+        ----------
+        t_flip : float
+            When the flip returned (seconds, monotonic clock).
+        in_run : bool
+            True for a frame of the run: counted, and its interval from the previous frame
+            of the run added to :attr:`intervals`.
+        vsync : bool
+            True if flips wait for the screen's refresh; then the intervals of frames
+            before the run measure the refresh period.
+        """
+        if in_run:
+            if self.n_run_frames > 0:
+                self.intervals.add((t_flip - self._last_flip) * 1000.0)
+            self.n_run_frames += 1
+        elif self._last_flip is not None and vsync:
+            self._refresh.append(t_flip - self._last_flip)
+        self._last_flip = t_flip
+
+    def period(self, nominal: float, vsync: bool) -> float:
+        """The frame period to count the run in (seconds).
+
+        Returns
+        -------
+        float
+            With vsync and at least :attr:`MIN_REFRESH_INTERVALS` refresh intervals, their
+            median (the upper one of an even count); else ``nominal``.
+        """
+        intervals = sorted(self._refresh)
+        if vsync and len(intervals) >= self.MIN_REFRESH_INTERVALS:
+            return intervals[len(intervals) // 2]
+        return nominal

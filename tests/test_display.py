@@ -342,7 +342,7 @@ def test_find_pictures_takes_png_and_jpeg_and_refuses_missing_ones(tmp_path):
     ({"stale_after": 0.0}, "'stale_after' should be > 0"),
 ])
 def test_display_options_refuse_conflicting_keys_and_bad_values(options, match):
-    from feedback_display.display import DisplayOptions
+    from feedback_display.options import DisplayOptions
 
     with pytest.raises(ValueError, match=match):
         DisplayOptions(**options)
