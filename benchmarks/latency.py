@@ -28,7 +28,7 @@ from rtserver.core.pipeline import Pipeline
 from rtserver.scanner.sources import open_source
 from rtserver.service.replay import replay
 from rtserver.service.server import Server
-from rtserver.sim.simulator import simulate_subject
+from rtserver.sim import simulate_subject
 
 
 def summary(values_ms: list[float]) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 
 from rtserver.core.stages import MotionCorrector
 from rtserver.rigid import PARAMETER_NAMES, matrix_to_params, params_to_matrix
-from rtserver.sim.simulator import simulate_subject
+from rtserver.sim import simulate_subject
 from rtserver.volume import Volume
 
 

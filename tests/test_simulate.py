@@ -1,7 +1,7 @@
 """Tests of the simulator against its planted ground truth.
 
 Each check compares the written data with the truth it was built from, through code written
-here independently of ``rtserver/simulate.py`` (HRF, GLM, motion direction).
+here independently of :mod:`rtserver.sim` (HRF, GLM, motion direction).
 """
 
 from __future__ import annotations
@@ -24,23 +24,19 @@ from rtserver.errors import InputError
 from rtserver.paradigm import Paradigm
 from rtserver.resources import load_atlas
 from rtserver.rigid import framewise_displacement, grid_centre, params_to_matrix, voxel_mapping
-from rtserver.sim.simulator import (
+from rtserver.sim import simulate_cohort, simulate_subject
+from rtserver.sim.activation import (
     CUE_REACTIVE_ROIS,
     GROUP_AMPLITUDES,
-    MOTION_DRIFT_MAX,
     PATTERN_SD,
     SUBJECT_BIAS_SD_PERCENT,
     SUBJECT_SD_PERCENT,
     Activation,
-    SimulatedSubject,
-    _padded_phantom,
-    _Renderer,
-    apply_motion,
-    build_phantom,
-    motion_trajectory,
-    simulate_cohort,
-    simulate_subject,
 )
+from rtserver.sim.motion import MOTION_DRIFT_MAX, apply_motion, motion_trajectory
+from rtserver.sim.phantom import build_phantom, padded_phantom
+from rtserver.sim.render import Renderer
+from rtserver.sim.subject import SimulatedSubject
 
 from .conftest import TINY_PARADIGM
 
@@ -414,8 +410,8 @@ def test_renderer_matches_full_grid_resampling():
     activation = Activation.draw("patient", np.random.default_rng(1))
     params, _ = motion_trajectory(paradigm.n_volumes, np.random.default_rng(0), scale=3.0)
     centre = grid_centre(SMALL, phantom.affine)
-    renderer = _Renderer(phantom, regressors, activation, params, centre)
-    padded = _padded_phantom(SMALL, VOXEL, renderer.pad)
+    renderer = Renderer(phantom, regressors, activation, params, centre)
+    padded = padded_phantom(SMALL, VOXEL, renderer.pad)
     inner = tuple(slice(renderer.pad, renderer.pad + n) for n in SMALL)
     np.testing.assert_allclose(padded.baseline[inner], phantom.baseline, rtol=1e-9)
     np.testing.assert_array_equal(padded.labels[inner], phantom.labels)

@@ -22,7 +22,7 @@ from pathlib import Path
 from rtserver.config import Config
 from rtserver.demo import GROUP, SEED, SUBJECT
 from rtserver.service.model_file import save_decoder
-from rtserver.sim.simulator import simulate_subject
+from rtserver.sim import simulate_subject
 from rtserver.train.training import train_subject
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
