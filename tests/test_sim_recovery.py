@@ -1,6 +1,8 @@
-"""What an independent analysis recovers from the simulator's data: the planted effects
-(a GLM of our own and nilearn's), the physiological rates, the tSNR, the AR(1) noise and
-the cardiac and respiratory cycles."""
+"""What an independent analysis recovers from the simulator's data.
+
+The planted effects (a GLM of our own and nilearn's), the physiological rates, the tSNR,
+the AR(1) noise and the cardiac and respiratory cycles.
+"""
 
 from __future__ import annotations
 

@@ -236,6 +236,7 @@ def test_true_motion_file_follows_fmriprep_columns_and_limits(patient):
         ({"n_runs": 0}, r"n_runs should be an integer >= 1\. Got 0"),
         ({"motion_scale": -1.0}, r"motion_scale should be a number >= 0\. Got -1\.0"),
         ({"shape": (8, 8, 8)}, r"holds \d+ voxels of ROI 'nacc'; expected at least"),
+        ({"paradigm": []}, r"paradigm should name at least one paradigm\. Got \[\]"),
     ],
 )
 def test_bad_arguments_raise_input_error(tmp_path, kwargs, message):
@@ -252,8 +253,10 @@ def test_bad_cohort_raises_input_error(tmp_path):
         simulate_cohort(tmp_path, -2, 1, seed=1)
 # ---------------------------------------------------------------------------- layers
 def test_simulator_imports_only_core_and_shared_definitions():
-    """Every module of rtserver.sim, imported in a fresh interpreter, brings in no module
-    of the live system's service, scanner or training layers (the package's rule)."""
+    """Importing rtserver.sim brings in no service, scanner or train module.
+
+    Every module of the package is imported in a fresh interpreter (the package's rule).
+    """
     code = ("import importlib, pkgutil, sys\n"
             "import rtserver.sim as sim\n"
             "names = [m.name for m in pkgutil.iter_modules(sim.__path__)]\n"

@@ -41,7 +41,7 @@ def load_paradigms(paradigm: object) -> tuple[Paradigm, ...]:
     """
     items = [paradigm] if isinstance(paradigm, str | Path | Paradigm) else list(paradigm)
     if not items:
-        raise InputError("paradigm should name at least one paradigm.")
+        raise InputError(f"paradigm should name at least one paradigm. Got {paradigm!r}.")
     paradigms = tuple(p if isinstance(p, Paradigm) else Paradigm.from_file(p) for p in items)
     tasks = [p.task for p in paradigms]
     if len(set(tasks)) != len(tasks):
