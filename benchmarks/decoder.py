@@ -40,7 +40,7 @@ from rtserver.core.decoder import volume_labels
 from rtserver.core.pipeline import Pipeline
 from rtserver.paradigm import Paradigm
 from rtserver.scanner.sources import open_source
-from rtserver.sim.simulator import simulate_subject
+from rtserver.sim import simulate_subject
 from rtserver.train.training import (
     RunFeatures,
     extract_features,

@@ -29,7 +29,7 @@ from rtserver.scanner.sources import open_source
 from rtserver.service.replay import replay
 from rtserver.service.server import Server
 from rtserver.service.session import Session
-from rtserver.sim.simulator import simulate_subject
+from rtserver.sim import simulate_subject
 
 
 def main() -> None:

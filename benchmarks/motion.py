@@ -24,7 +24,7 @@ from _stats import summary
 
 from rtserver.core.stages import MotionCorrector
 from rtserver.rigid import PARAMETER_NAMES, matrix_to_params, params_to_matrix
-from rtserver.sim.simulator import simulate_subject
+from rtserver.sim import simulate_subject
 from rtserver.volume import Volume
 
 

@@ -31,7 +31,8 @@ from rtserver.rigid import (
     params_to_matrix,
     read_afni_matrices,
 )
-from rtserver.sim.simulator import apply_motion, simulate_subject
+from rtserver.sim import simulate_subject
+from rtserver.sim.motion import apply_motion
 from rtserver.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from rtserver.paradigm import Paradigm
-from rtserver.sim.simulator import simulate_subject
+from rtserver.sim import simulate_subject
 
 N_VOLUMES = 200
 REPEATS = 3

@@ -29,7 +29,8 @@ from nilearn.glm.first_level import FirstLevelModel  # noqa: E402
 
 from rtserver.core.hrf import condition_regressors  # noqa: E402
 from rtserver.paradigm import Paradigm  # noqa: E402
-from rtserver.sim.simulator import CUE_REACTIVE_ROIS, simulate_cohort  # noqa: E402
+from rtserver.sim import simulate_cohort  # noqa: E402
+from rtserver.sim.activation import CUE_REACTIVE_ROIS  # noqa: E402
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "simulator_recovery.png"
 

@@ -58,7 +58,7 @@ def run_demo(out: Path, speed: float = 8.0, display: bool = True, timeout: float
     timeout : float
         Seconds after which a part still running counts as failed.
     """
-    from rtserver.sim.simulator import simulate_subject
+    from rtserver.sim import simulate_subject
 
     out = Path(out).resolve()
     bids, output, screenshots = out / "bids", out / "output", out / "screenshots"

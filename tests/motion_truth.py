@@ -1,6 +1,6 @@
 """Known head motion for the motion-correction tests.
 
-The moved volumes are made with a quintic spline (:func:`rtserver.sim.simulator.apply_motion`,
+The moved volumes are made with a quintic spline (:func:`rtserver.sim.motion.apply_motion`,
 order 5), a different image model from the estimator's cubic B-spline, so a test cannot
 pass merely because the same interpolator made and undid the motion.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rtserver.sim.simulator import apply_motion
+from rtserver.sim.motion import apply_motion
 from rtserver.volume import Volume
 
 

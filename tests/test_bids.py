@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rtserver.sim.simulator import simulate_subject
+from rtserver.sim import simulate_subject
 
 VALIDATOR = Path(__file__).resolve().parent.parent / "tools" / "node_modules" / ".bin" / \
     "bids-validator"

@@ -74,7 +74,7 @@ def test_ports_are_published_on_loopback_only(resolved):
 
 def test_bridge_replays_the_file_the_simulator_writes(resolved, tmp_path):
     """The paths in the compose file are the ones `rtserver simulate` really produces."""
-    from rtserver.sim.simulator import simulate_subject
+    from rtserver.sim import simulate_subject
 
     simulate = build_parser().parse_args(program_argv(resolved["services"]["simulate"]["command"])[1:])
     subject = simulate_subject(tmp_path, simulate.subject, simulate.group, simulate.seed,

@@ -30,7 +30,8 @@ from rtserver.resources import load_atlas, load_template
 from rtserver.scanner.sources import open_source
 from rtserver.service.model_file import MODEL_FORMAT, load_decoder
 from rtserver.service.session import Session, read_rois
-from rtserver.sim.simulator import build_phantom, simulate_subject
+from rtserver.sim import simulate_subject
+from rtserver.sim.phantom import build_phantom
 from rtserver.train.training import (
     extract_features,
     find_runs,

@@ -170,7 +170,7 @@ def test_one_volume_at_a_time_equals_the_whole_run_at_once():
 
 def test_planted_motion_of_a_simulated_run_is_recovered(tmp_path):
     """The simulator's truth (relative to volume 0) within 0.05 mm / 0.05 degrees RMS."""
-    from rtserver.sim.simulator import simulate_subject
+    from rtserver.sim import simulate_subject
 
     run = simulate_subject(tmp_path, "01", "patient", seed=3, shape=(48, 48, 30),
                            voxel_size=4.0).runs[0]

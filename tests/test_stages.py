@@ -16,7 +16,7 @@ from rtserver.rigid import (
     params_to_matrix,
 )
 from rtserver.scanner.sources import open_source
-from rtserver.sim.simulator import apply_motion
+from rtserver.sim.motion import apply_motion
 from rtserver.volume import Volume
 
 from .conftest import SIEMENS_MOSAIC

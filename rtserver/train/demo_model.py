@@ -22,7 +22,7 @@ from pathlib import Path
 from rtserver.config import Config
 from rtserver.resources import demo_model_path
 from rtserver.service.model_file import save_decoder
-from rtserver.sim.simulator import simulate_subject
+from rtserver.sim import simulate_subject
 from rtserver.train.training import train_subject
 
 #: The demo subject: a simulated patient, seed 1 (the demo replays its regulation run 1).
