@@ -38,6 +38,11 @@ def label(value: object, entity: str = "sub") -> str:
     return text
 
 
+def participant_id(subject: str) -> str:
+    """The ``participant_id`` of a subject label: ``sub-<label>``."""
+    return f"sub-{label(subject)}"
+
+
 @dataclass(frozen=True)
 class RunEntities:
     """The entities that name one run: ``sub-<subject>[_ses-<session>]_task-<task>_run-<run>``."""

@@ -146,7 +146,7 @@ def _update_participants(root: Path, subject: str, group: str) -> None:
             for row in csv.DictReader(stream, delimiter="\t"):
                 if row.get("participant_id"):
                     rows[row["participant_id"]] = row.get("group", "n/a")
-    rows[f"sub-{subject}"] = group
+    rows[bids.participant_id(subject)] = group
     write_tsv(path, ["participant_id", "group"], [[p, rows[p]] for p in sorted(rows)])
 
 
