@@ -8,7 +8,7 @@ import pytest
 from rtserver.config import Config
 from rtserver.core.pipeline import Pipeline
 from rtserver.core.stages import FeedbackScaler, MotionCorrector, RoiExtractor, RoiSet
-from rtserver.errors import InputError
+from rtserver.errors import InputError, StateError
 from rtserver.rigid import (
     framewise_displacement,
     grid_centre,
@@ -114,6 +114,41 @@ def test_roi_grid_mismatch_is_refused(blob_volume):
     rois = RoiSet(labels=np.ones((4, 4, 4), np.int32), affine=blob_volume.affine, names={1: "x"})
     with pytest.raises(InputError, match="not on the EPI grid"):
         RoiExtractor(rois).fit(blob_volume)
+
+
+def test_roi_means_without_motion_need_the_reference_grid(blob_volume):
+    """Without a motion matrix the ROI voxel indices are used as they are: another grid is
+    refused; with a matrix the volume's own affine places them."""
+    labels = np.zeros(blob_volume.shape, np.int32)
+    labels[10:14, 12:16, 8:10] = 1
+    rois = RoiSet(labels=labels, affine=blob_volume.affine, names={1: "nacc"})
+    extractor = RoiExtractor(rois).fit(blob_volume)
+    shifted_affine = blob_volume.affine.copy()
+    shifted_affine[0, 3] += 3.0  # one voxel
+    shifted = Volume(blob_volume.data, shifted_affine, index=1, tr=2.0)
+    with pytest.raises(InputError, match="not on the reference grid"):
+        extractor.transform(shifted)
+    smaller = Volume(blob_volume.data[:, :, :10], blob_volume.affine, index=2, tr=2.0)
+    with pytest.raises(InputError, match=r"wrong shape.\nExpected \(32, 32, 20\)"):
+        extractor.transform(smaller)
+    with pytest.raises(InputError, match=r"Expected \(4, 4\).\nGot \(3, 3\)"):
+        extractor.transform(blob_volume, np.eye(3))
+    # The shifted grid's voxel i lies where the reference's voxel i + 1 does.
+    np.testing.assert_allclose(extractor.transform(shifted, np.eye(4)),
+                               [blob_volume.data[9:13, 12:16, 8:10].mean()], rtol=1e-6)
+
+
+def test_reslice_needs_a_matrix_or_an_estimate(blob_volume):
+    corrector = MotionCorrector().fit(blob_volume)
+    assert corrector.estimate_ is None
+    with pytest.raises(StateError, match="needs a motion estimate"):
+        corrector.reslice(blob_volume)
+    np.testing.assert_allclose(corrector.reslice(blob_volume, np.eye(4)).data,
+                               blob_volume.data, rtol=0, atol=1e-2)
+    corrector.partial_fit(blob_volume)
+    np.testing.assert_allclose(corrector.reslice(blob_volume).data, blob_volume.data,
+                               rtol=0, atol=1e-2)
+    assert corrector.fit(blob_volume).estimate_ is None  # refitting starts the run over
 
 
 def test_feedback_is_percent_change_against_baseline():

@@ -15,11 +15,12 @@ from collections import deque
 
 import numpy as np
 
-from rtserver.core.stages._base import check_is_fitted
+from rtserver.core.stages._base import Stage, check_is_fitted, check_number, check_shape
+from rtserver.errors import InputError
 from rtserver.paradigm import Block, Paradigm
 
 
-class FeedbackScaler:
+class FeedbackScaler(Stage):
     """Percent signal change of one ROI against a running baseline, scaled to [0, 1].
 
     Parameters
@@ -34,6 +35,15 @@ class FeedbackScaler:
         Seconds between a block and the BOLD response it causes.
     psc_range : float
         Percent signal change that moves the bar from 0.5 to 1 (or 0).
+
+    Attributes
+    ----------
+    value_ : float
+        The latest feedback value in [0, 1] (0.5 until there is a baseline).
+    psc_ : float
+        The latest uncensored volume's percent signal change against the baseline.
+    baseline_ : collections.deque
+        The most recent baseline volumes' signals (at most ``baseline_window``).
     """
 
     def __init__(self, paradigm: Paradigm | None = None, baseline_volumes: int = 10,
@@ -46,14 +56,44 @@ class FeedbackScaler:
         self.psc_range = psc_range
 
     def fit(self) -> FeedbackScaler:
-        """Start an empty baseline."""
+        """Start an empty baseline.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        InputError
+            If a parameter is out of range.
+        """
+        _check_paradigm(self)
+        check_number(self, "baseline_volumes", low=0, integer=True)
+        check_number(self, "baseline_window", low=1, integer=True)
+        check_number(self, "hrf_delay", low=0)
+        check_number(self, "psc_range", low=0, above=True)
         self.baseline_ = deque(maxlen=self.baseline_window)
         self.value_ = 0.5
         self.psc_ = 0.0
         return self
 
     def is_baseline(self, index: int, tr: float) -> bool:
-        """True if volume ``index`` belongs to the baseline."""
+        """Whether volume ``index`` belongs to the baseline.
+
+        A function of the parameters alone: it needs no :meth:`fit`.
+
+        Parameters
+        ----------
+        index : int
+            Volume index in the run.
+        tr : float
+            Repetition time (s).
+
+        Returns
+        -------
+        bool
+            True for a baseline volume.
+        """
         if self.paradigm is None:
             return index < self.baseline_volumes
         seconds = index * tr - self.hrf_delay
@@ -65,11 +105,28 @@ class FeedbackScaler:
                     censored: bool = False) -> FeedbackScaler:
         """Update with one volume's target-ROI signal; the result is in ``value_``.
 
+        Parameters
+        ----------
+        index : int
+            Volume index in the run.
+        tr : float
+            Repetition time (s).
+        signal : float
+            The target ROI's mean signal in this volume.
+        censored : bool
+            Leave the volume out (the last value is repeated).
+
         Returns
         -------
         self
+
+        Raises
+        ------
+        InputError
+            If ``signal`` is not a single number.
         """
         check_is_fitted(self, "baseline_")
+        check_shape("The target ROI's signal", np.shape(signal), ())
         if censored or not np.isfinite(signal):
             return self
         if self.baseline_:
@@ -81,7 +138,7 @@ class FeedbackScaler:
         return self
 
 
-class DecoderFeedback:
+class DecoderFeedback(Stage):
     """Turn the decoder's per-volume ``P(drug)`` into the feedback value in [0, 1].
 
     The bar shows how well the participant is doing in the block on screen (the block of
@@ -107,6 +164,16 @@ class DecoderFeedback:
         Volumes averaged (moving average).
     hrf_delay : float
         Seconds from a block's onset to its first volume counted by intermittent feedback.
+
+    Attributes
+    ----------
+    value_ : float
+        The latest feedback value in [0, 1] (0.5 until the first volume).
+    window_ : collections.deque
+        The last ``smoothing`` uncensored ``P(drug)`` values.
+    block_, block_sum_, block_count_ : Block or None, float, int
+        The current block, and the sum and count of its volumes counted by intermittent
+        feedback.
     """
 
     def __init__(self, paradigm: Paradigm | None = None, smoothing: int = 3,
@@ -116,7 +183,20 @@ class DecoderFeedback:
         self.hrf_delay = hrf_delay
 
     def fit(self) -> DecoderFeedback:
-        """Start with an empty window and a neutral value (0.5)."""
+        """Start with an empty window and a neutral value (0.5).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        InputError
+            If a parameter is out of range.
+        """
+        _check_paradigm(self)
+        check_number(self, "smoothing", low=1, integer=True)
+        check_number(self, "hrf_delay", low=0)
         self.window_ = deque(maxlen=self.smoothing)
         self.value_ = 0.5
         self.block_sum_ = 0.0
@@ -126,8 +206,30 @@ class DecoderFeedback:
 
     def partial_fit(self, index: int, tr: float, p_drug: float,
                     censored: bool = False) -> DecoderFeedback:
-        """Update with one volume's ``P(drug)``; the feedback is then in ``value_``."""
+        """Update with one volume's ``P(drug)``; the feedback is then in ``value_``.
+
+        Parameters
+        ----------
+        index : int
+            Volume index in the run.
+        tr : float
+            Repetition time (s).
+        p_drug : float
+            The decoder's probability that this volume is drug-like.
+        censored : bool
+            Withhold the feedback for this volume (the last value is repeated).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        InputError
+            If ``p_drug`` is not a single number.
+        """
         check_is_fitted(self, "window_")
+        check_shape("P(drug)", np.shape(p_drug), ())
         block = self.paradigm.block_of_volume(index) if self.paradigm is not None else None
         if block is not self.block_:
             self.block_, self.block_sum_, self.block_count_ = block, 0.0, 0
@@ -147,8 +249,28 @@ class DecoderFeedback:
 
     @staticmethod
     def score(block: Block | None, p_drug: float) -> float:
-        """The bar height for ``p_drug`` during ``block`` (see the class docstring)."""
+        """Return the bar height for ``p_drug`` during ``block`` (see the class docstring).
+
+        Parameters
+        ----------
+        block : Block or None
+            The block on screen; ``None`` without a paradigm.
+        p_drug : float
+            Probability of a drug-like state (clipped to [0, 1]).
+
+        Returns
+        -------
+        float
+            ``p_drug`` in drug-cue blocks, ``1 - p_drug`` otherwise.
+        """
         p_drug = min(max(p_drug, 0.0), 1.0)
         if block is not None and block.cue == "drug":
             return p_drug
         return 1.0 - p_drug
+
+
+def _check_paradigm(stage: FeedbackScaler | DecoderFeedback) -> None:
+    """Refuse a ``paradigm`` parameter that is neither a :class:`Paradigm` nor ``None``."""
+    if stage.paradigm is not None and not isinstance(stage.paradigm, Paradigm):
+        raise InputError(f"{type(stage).__name__}: paradigm should be a Paradigm or None. "
+                         f"Got {type(stage.paradigm).__name__}.")

@@ -38,14 +38,15 @@ coordinates (``V(M x) = reference(x)``).
 
 from __future__ import annotations
 
+import numbers
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from rtserver.core.stages._base import check_is_fitted
-from rtserver.errors import InputError
+from rtserver.core.stages._base import Stage, check_is_fitted, check_number
+from rtserver.errors import InputError, StateError
 from rtserver.rigid import framewise_displacement, grid_centre, matrix_to_params, params_to_matrix
 from rtserver.volume import Volume
 
@@ -178,7 +179,7 @@ class _Level:
                                        prefilter=False).astype(np.float64)
 
     def smooth(self, data: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        """A volume smoothed as this level needs it."""
+        """Smooth a volume as this level needs it."""
         return smooth(data, smoothing_sigma(self.fwhm, affine, self.order))
 
     def residual(self, smoothed: np.ndarray, to_voxels: np.ndarray,
@@ -230,7 +231,7 @@ class _Level:
         return matrix, cost, n_iterations
 
 
-class MotionCorrector:
+class MotionCorrector(Stage):
     """Estimate each volume's rigid motion relative to a reference volume.
 
     Parameters
@@ -258,8 +259,15 @@ class MotionCorrector:
 
     Attributes
     ----------
-    estimate_ : MotionEstimate
-        The latest volume's estimate (after :meth:`partial_fit`).
+    estimate_ : MotionEstimate or None
+        The latest volume's estimate; ``None`` until :meth:`partial_fit` has seen a volume.
+    matrix_, params_ : numpy.ndarray
+        The latest volume's motion as a 4x4 matrix and as six parameters (the first guess
+        for the next volume).
+    n_seen_ : int
+        Volumes estimated since :meth:`fit`.
+    grid_ : tuple or None
+        Shape and affine of the run's volumes (set by the first volume).
     """
 
     def __init__(self, smoothing_fwhm: float = 5.0, interpolation_order: int = 3,
@@ -288,11 +296,13 @@ class MotionCorrector:
         Returns
         -------
         self
+
+        Raises
+        ------
+        InputError
+            If a parameter is out of range, or the reference has too little signal.
         """
-        if self.interpolation_order not in (1, 2, 3):
-            raise InputError(
-                f"interpolation_order should be 1, 2 or 3. Got {self.interpolation_order}."
-            )
+        self._check_params()
         self.level_ = _Level(reference, self.smoothing_fwhm, self.interpolation_order,
                              self.subsample, self.max_samples)
         self.restart_level_ = _Level(reference, self.restart_fwhm, 1, self.subsample,
@@ -306,7 +316,23 @@ class MotionCorrector:
         self.params_ = np.zeros(6)
         self.recent_costs_: deque[float] = deque(maxlen=16)
         self.n_seen_ = 0
+        self.estimate_: MotionEstimate | None = None
         return self
+
+    def _check_params(self) -> None:
+        """Refuse parameters the registration cannot work with."""
+        order = self.interpolation_order
+        if (not isinstance(order, numbers.Integral) or isinstance(order, bool)
+                or order not in (1, 2, 3)):
+            raise InputError(f"interpolation_order should be 1, 2 or 3. Got {order!r}.")
+        check_number(self, "smoothing_fwhm", low=0)
+        check_number(self, "subsample", low=0, integer=True)
+        check_number(self, "max_samples", low=MIN_SAMPLES, integer=True)
+        check_number(self, "max_iterations", low=1, integer=True)
+        check_number(self, "tolerance", low=0, above=True)
+        check_number(self, "fd_threshold", low=0)
+        check_number(self, "restart_factor", low=0, above=True)
+        check_number(self, "restart_fwhm", low=0)
 
     # ------------------------------------------------------------------ per volume
     def partial_fit(self, volume: Volume) -> MotionCorrector:
@@ -355,7 +381,8 @@ class MotionCorrector:
         check_is_fitted(self, "level_")
         data = np.asarray(data)
         if data.ndim != 4:
-            raise InputError(f"estimate_run needs a 4D run. Got shape {data.shape}.")
+            raise InputError("estimate_run needs a 4D run: expected shape (x, y, z, t). "
+                             f"Got shape {data.shape}.")
         smoothed = smooth(data, smoothing_sigma(self.smoothing_fwhm, affine,
                                                 self.interpolation_order))
         estimates = []
@@ -417,7 +444,7 @@ class MotionCorrector:
     # ------------------------------------------------------------------ outputs
     def reslice(self, volume: Volume, matrix: np.ndarray | None = None,
                 order: int = 3) -> Volume:
-        """The volume resampled onto the reference grid with its motion undone.
+        """Resample the volume onto the reference grid with its motion undone.
 
         Only needed when a full realigned volume is asked for; the ROI stage samples just
         the ROI voxels.
@@ -435,9 +462,17 @@ class MotionCorrector:
         -------
         Volume
             On the reference grid; voxels that fall outside the volume are 0.
+
+        Raises
+        ------
+        StateError
+            If ``matrix`` is ``None`` and no volume has been estimated since :meth:`fit`.
         """
         check_is_fitted(self, "level_")
         if matrix is None:
+            if self.estimate_ is None:
+                raise StateError("reslice needs a motion estimate: expected a matrix or a "
+                                 "volume estimated by partial_fit first. Got neither.")
             matrix = self.estimate_.matrix
         mapping = np.linalg.inv(volume.affine) @ matrix @ self.reference_affine_
         data = ndimage.affine_transform(np.asarray(volume.data, dtype=np.float32), mapping,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from rtserver.core.stages._base import check_is_fitted
+from rtserver.core.stages._base import Stage, check_is_fitted, check_shape
 from rtserver.errors import InputError
 from rtserver.volume import Volume
 
@@ -38,27 +38,56 @@ class RoiSet:
 
     @classmethod
     def brain(cls, reference: Volume) -> RoiSet:
-        """A single ROI ``brain``: the reference volume's voxels above half its mean signal."""
+        """Make a single ROI ``brain``: the reference's voxels above half its mean signal."""
         data = np.asarray(reference.data, dtype=np.float32)
         threshold = 0.5 * data[data > data.mean()].mean()
         return cls(labels=(data > threshold).astype(np.int32), affine=reference.affine,
                    names={1: "brain"})
 
 
-class RoiExtractor:
+class RoiExtractor(Stage):
     """Mean signal of each ROI, sampled where the motion estimate places the ROI voxels.
 
     Parameters
     ----------
     rois : RoiSet or None
         The regions; ``None`` uses an automatic whole-brain mask of the reference.
+
+    Attributes
+    ----------
+    names_ : list of str
+        ROI names, in output order.
+    ijk_ : numpy.ndarray
+        ``(4, n_voxels_)`` homogeneous voxel indices of every ROI voxel, ROI after ROI.
+    starts_, counts_ : numpy.ndarray
+        Index of each ROI's first voxel in ``ijk_``, and its number of voxels.
+    affine_ : numpy.ndarray
+        The reference grid's voxel-to-world matrix.
     """
 
     def __init__(self, rois: RoiSet | None = None) -> None:
         self.rois = rois
 
     def fit(self, reference: Volume) -> RoiExtractor:
-        """Check the ROIs against the reference grid and precompute their voxel lists."""
+        """Check the ROIs against the reference grid and precompute their voxel lists.
+
+        Parameters
+        ----------
+        reference : Volume
+            The volume whose grid the ROIs lie on.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        InputError
+            If ``rois`` is not a :class:`RoiSet`, or not on the reference's grid.
+        """
+        if self.rois is not None and not isinstance(self.rois, RoiSet):
+            raise InputError("RoiExtractor: rois should be a RoiSet or None. "
+                             f"Got {type(self.rois).__name__}.")
         rois = self.rois if self.rois is not None else RoiSet.brain(reference)
         if rois.labels.shape != reference.shape:
             raise InputError(
@@ -78,6 +107,7 @@ class RoiExtractor:
         self.n_voxels_ = len(ijk)
         self.starts_ = np.cumsum([0] + [len(voxels) for voxels in order[:-1]])
         self.counts_ = np.array([len(voxels) for voxels in order], dtype=np.float64)
+        self.shape_ = reference.shape
         self.affine_ = reference.affine
         return self
 
@@ -89,27 +119,64 @@ class RoiExtractor:
         volume : Volume
             A volume of the run.
         matrix : numpy.ndarray or None
-            The volume's 4x4 motion (reference -> volume, world mm); ``None`` for none.
-            The volume may lie on another grid than the reference (its own affine is used).
+            The volume's 4x4 motion (reference -> volume, world mm); with it the volume may
+            lie on another grid than the reference (its own affine is used). ``None``: no
+            motion, and the volume must lie on the reference grid.
 
         Returns
         -------
         numpy.ndarray
             One value per ROI voxel (float32), ROI after ROI in the order of ``names_``
             (voxel ``starts_[r]`` is the first of ROI ``r``).
+
+        Raises
+        ------
+        InputError
+            If ``matrix`` is not 4x4, or it is ``None`` and the volume is not on the
+            reference grid.
         """
         check_is_fitted(self, "ijk_")
         data = np.asarray(volume.data, dtype=np.float32)
         if matrix is None:
+            self._check_reference_grid(volume)
             coords = self.ijk_[:3]
         else:
+            check_shape("Motion matrix", np.shape(matrix), (4, 4))
             mapping = np.linalg.inv(volume.affine) @ matrix @ self.affine_
             coords = mapping[:3, :3] @ self.ijk_[:3] + mapping[:3, 3:]
         return ndimage.map_coordinates(data, coords, order=1, mode="nearest", prefilter=False)
 
+    def _check_reference_grid(self, volume: Volume) -> None:
+        """Refuse a volume that is not on the reference grid (needed without a matrix)."""
+        check_shape(f"Volume {volume.index} (no motion matrix given, so on the reference "
+                    "grid)", volume.shape, self.shape_)
+        if not np.allclose(volume.affine, self.affine_, atol=1e-3):
+            raise InputError(
+                f"Volume {volume.index} is not on the reference grid and no motion matrix "
+                "was given: its affine differs from the reference's by more than 1e-3 mm.\n"
+                f"Expected {np.round(self.affine_, 3).tolist()}.\n"
+                f"Got {np.round(volume.affine, 3).tolist()}.")
+
     def means(self, voxels: np.ndarray) -> np.ndarray:
-        """Each ROI's mean of the values :meth:`transform_voxels` returned."""
+        """Each ROI's mean of the values :meth:`transform_voxels` returned.
+
+        Parameters
+        ----------
+        voxels : numpy.ndarray
+            ``(n_voxels_,)`` values, in the order :meth:`transform_voxels` gives them.
+
+        Returns
+        -------
+        numpy.ndarray
+            One mean per ROI, in the order of ``names_``.
+
+        Raises
+        ------
+        InputError
+            If ``voxels`` does not hold one value per ROI voxel.
+        """
         check_is_fitted(self, "ijk_")
+        check_shape("ROI voxel values", np.shape(voxels), (self.n_voxels_,))
         return np.add.reduceat(voxels, self.starts_) / self.counts_
 
     def transform(self, volume: Volume, matrix: np.ndarray | None = None) -> np.ndarray:
@@ -118,13 +185,19 @@ class RoiExtractor:
         Parameters
         ----------
         volume : Volume
-            A volume on the reference grid.
+            A volume of the run.
         matrix : numpy.ndarray or None
-            The volume's 4x4 motion (reference -> volume, world mm); ``None`` for none.
+            The volume's 4x4 motion (reference -> volume, world mm); ``None`` for none
+            (the volume must then lie on the reference grid).
 
         Returns
         -------
         numpy.ndarray
             One mean per ROI, in the order of ``names_``.
+
+        Raises
+        ------
+        InputError
+            As :meth:`transform_voxels`.
         """
         return self.means(self.transform_voxels(volume, matrix))

@@ -40,9 +40,11 @@ least-squares solver; the online output equals it.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from rtserver.core.stages._base import check_is_fitted
+from rtserver.core.stages._base import Stage, check_is_fitted, check_number, check_shape
 from rtserver.errors import InputError
 
 #: Radius (mm) that turns rotations (radians) into displacements, as framewise displacement.
@@ -65,7 +67,7 @@ def design_row(index: int, tr: float, motion_params: np.ndarray, task: float | N
     return np.asarray(row, dtype=np.float64)
 
 
-class SignalModel:
+class SignalModel(Stage):
     """Online nuisance regression, despiking and percent signal change of many features.
 
     Parameters
@@ -83,6 +85,19 @@ class SignalModel:
     task : numpy.ndarray or None
         Task regressor per volume index (:func:`rtserver.core.hrf.task_regressor`); ``None`` leaves it out.
         Volumes past its end get 0.
+
+    Attributes
+    ----------
+    psc_ : numpy.ndarray
+        The latest volume's percent signal change, one per feature.
+    xtx_, xty_, yty_ : numpy.ndarray
+        The accumulated normal equations (``X'X``, ``X'y``, ``y'y`` of the centred features).
+    beta_, sd_ : numpy.ndarray or None
+        Coefficients and residual SDs of the current fit (``None`` until enough volumes).
+    offset_ : numpy.ndarray or None
+        The first volume's features, subtracted from every volume (``None`` before it).
+    n_fitted_ : int
+        Uncensored volumes in the fit.
     """
 
     def __init__(self, drift_order: int = 2, drift_timescale: float = 300.0,
@@ -101,14 +116,27 @@ class SignalModel:
         return 1 + self.drift_order + 6 + (self.task is not None)
 
     def fit(self, n_features: int) -> SignalModel:
-        """Start an empty model for ``n_features`` features."""
-        if (self.drift_order < 0 or self.drift_timescale <= 0 or self.despike < 0
-                or self.ridge < 0 or self.motion_ridge < 0):
-            raise InputError(
-                "Signal model settings out of range: expected drift_order >= 0, "
-                "drift_timescale > 0, despike >= 0, ridge >= 0, motion_ridge >= 0. Got "
-                f"{self.drift_order}, {self.drift_timescale}, {self.despike}, {self.ridge}, "
-                f"{self.motion_ridge}.")
+        """Start an empty model for ``n_features`` features.
+
+        Parameters
+        ----------
+        n_features : int
+            Values per volume (ROI voxels and ROI means).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        InputError
+            If a parameter is out of range, or ``n_features`` is not a positive integer.
+        """
+        self._check_params()
+        if (not isinstance(n_features, numbers.Integral) or isinstance(n_features, bool)
+                or n_features < 1):
+            raise InputError("SignalModel.fit: expected a number of features >= 1. "
+                             f"Got {n_features!r}.")
         p = self.n_regressors
         self.penalty_ = ridge_penalty(p, self.drift_order, self.ridge, self.motion_ridge)
         self.xtx_ = np.zeros((p, p))
@@ -122,8 +150,20 @@ class SignalModel:
         self.psc_ = np.zeros(n_features)
         return self
 
+    def _check_params(self) -> None:
+        """Refuse settings the model cannot be fitted with."""
+        check_number(self, "drift_order", low=0, integer=True)
+        check_number(self, "drift_timescale", low=0, above=True)
+        check_number(self, "despike", low=0)
+        check_number(self, "ridge", low=0)
+        check_number(self, "motion_ridge", low=0)
+        if self.task is not None and (np.ndim(self.task) != 1
+                                      or not np.all(np.isfinite(self.task))):
+            raise InputError("SignalModel: task should be None or one finite value per "
+                             f"volume (1D). Got shape {np.shape(self.task)}.")
+
     def row(self, index: int, tr: float, motion_params: np.ndarray) -> np.ndarray:
-        """The design row of volume ``index``."""
+        """Return the design row of volume ``index``."""
         task = None
         if self.task is not None:
             task = float(self.task[index]) if index < len(self.task) else 0.0
@@ -156,6 +196,7 @@ class SignalModel:
         if y.shape != (self.n_features_,):
             raise InputError(f"Signal model expected {self.n_features_} features. "
                              f"Got shape {y.shape}.")
+        check_shape("Motion parameters", np.shape(motion_params), (6,))
         if self.offset_ is None:
             self.offset_ = y.copy()  # centring keeps y'y free of cancellation
         x = self.row(index, tr, motion_params)
@@ -209,8 +250,11 @@ def _clean(x: np.ndarray, centred: np.ndarray, beta: np.ndarray, offset: np.ndar
 
 def ridge_penalty(n_regressors: int, drift_order: int, ridge: float,
                   motion_ridge: float) -> np.ndarray:
-    """The ridge on each design column: 0 on the constant, ``motion_ridge`` on the six
-    motion columns, ``ridge`` on the drift and task columns."""
+    """Return the ridge on each design column.
+
+    0 on the constant, ``motion_ridge`` on the six motion columns, ``ridge`` on the drift
+    and task columns.
+    """
     penalty = np.full(n_regressors, float(ridge))
     penalty[0] = 0.0
     penalty[1 + drift_order: 7 + drift_order] = float(motion_ridge)
