@@ -1,6 +1,6 @@
 """Every real series, sent by the bridge and recorded by the server, equals dcm2niix's reading.
 
-tests/test_readers.py checks the readers file by file; this goes through the whole path a
+tests/test_readers*.py check the readers file by file; this goes through the whole path a
 session takes: the export folder is opened as a source (the series assembler picks the run
 and orders its volumes), the bridge sends each volume over ZeroMQ, the server processes and
 records it, and the recorded ``_bold.nii.gz`` is compared with the dcm2niix conversion of
@@ -19,7 +19,7 @@ from rtserver.scanner.sources import open_source
 from rtserver.service.replay import replay
 from rtserver.service.server import Server
 
-from .test_readers import (
+from .reader_helpers import (
     LOCAL_SERIES,
     SHARED_SERIES,
     assert_volumes_match,

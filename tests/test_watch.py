@@ -20,8 +20,9 @@ import pytest
 
 from rtserver import protocol
 from rtserver.config import Config
+from rtserver.errors import ForeignFileError
 from rtserver.scanner.export_writer import ExportPlan, ExportWriter, groups_by_volume
-from rtserver.scanner.readers import ForeignFileError, Piece, read_file
+from rtserver.scanner.readers import Piece, read_file
 from rtserver.scanner.sources import open_source
 from rtserver.scanner.watch import SeriesAssembler, watch_and_send
 from rtserver.service.replay import ServerThread

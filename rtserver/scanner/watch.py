@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from rtserver.errors import ForeignFileError, IncompleteFileError, InputError
-from rtserver.scanner.readers import Piece, assemble, read_file
+from rtserver.scanner.assembly import assemble
+from rtserver.scanner.readers import Piece, read_file
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
