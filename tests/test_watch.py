@@ -20,11 +20,10 @@ import pytest
 
 from rtserver import protocol
 from rtserver.config import Config
-from rtserver.errors import ForeignFileError
 from rtserver.scanner.export_writer import ExportPlan, ExportWriter, groups_by_volume
-from rtserver.scanner.readers import Piece, read_file
+from rtserver.scanner.readers import read_file
 from rtserver.scanner.sources import open_source
-from rtserver.scanner.watch import SeriesAssembler, watch_and_send
+from rtserver.scanner.watch import watch_and_send
 from rtserver.service.replay import ServerThread
 from rtserver.service.server import Server
 
@@ -33,96 +32,6 @@ from .conftest import SHARED_DATA, SIEMENS_MOSAIC, SIEMENS_NIFTI, TRUNCATED_DICO
 ANY_PORT = "tcp://127.0.0.1:*"
 GE_SLICES = SHARED_DATA / "dicom" / "ge_mr750_deliberate_motion_10vol"
 PREFIX = "sub-01_task-regulation_run-1"
-
-
-# --------------------------------------------------------------------------- assembler
-def piece(key: int, slice_key: float | None = None, series: str = "1.2.3",
-          n_slices: int | None = None, value: float = 0.0) -> Piece:
-    shape = (4, 4) if slice_key is not None else (4, 4, 3)
-    affine = np.diag([2.0, 2.0, 3.0, 1.0])
-    if slice_key is not None:  # a slice: third column is the unit normal, origin its position
-        affine[2, 2], affine[2, 3] = 1.0, slice_key
-    return Piece(kind="dicom-slice" if slice_key is not None else "siemens-mosaic",
-                 series=series, series_number=5, volume_key=key, slice_key=slice_key,
-                 n_slices=n_slices, data=np.full(shape, value, np.float32), affine=affine,
-                 tr=2.0)
-
-
-def test_assembler_releases_volumes_in_order_and_reports_a_missing_one():
-    assembler = SeriesAssembler(missing_after=1.0)
-    assembler.add(piece(1), 0.0)
-    assert [v.key for v in assembler.pop_ready(0.0)] == [1]
-    assembler.add(piece(3), 0.1)  # volume 2 has not come
-    assembler.add(piece(4), 0.2)
-    assert assembler.pop_ready(0.5) == []  # not yet: 2 may still come
-    released = assembler.pop_ready(1.6)  # volume 3 whole for > 1 s: 2 is missing
-    assert [v.key for v in released] == [3, 4]
-    assert assembler.missing == [1]  # 0-based index of scanner volume 2
-    with pytest.raises(ForeignFileError, match="after it was sent or reported missing"):
-        assembler.add(piece(2), 1.7)
-
-
-def test_assembler_waits_for_all_slices_and_sorts_them():
-    assembler = SeriesAssembler(n_slices=3)
-    for position in (6.0, 0.0):  # out of order, one slice short
-        assembler.add(piece(1, position, value=position), 0.0)
-    assert assembler.pop_ready(0.0) == []
-    assembler.add(piece(1, 3.0, value=3.0), 0.5)
-    (volume,) = assembler.pop_ready(0.5)
-    assert volume.n_files == 3 and volume.t_file_complete == 0.5
-    assert [volume.data[0, 0, k] for k in range(3)] == [0.0, 3.0, 6.0]
-
-
-def test_assembler_learns_the_slice_count_when_files_do_not_state_it():
-    assembler = SeriesAssembler()
-    for position in (0.0, 3.0):
-        assembler.add(piece(1, position), 0.0)
-    assert assembler.pop_ready(0.0) == []  # could still get more slices
-    assembler.add(piece(2, 0.0), 0.1)  # the next volume started: volume 1 is whole
-    assert [v.key for v in assembler.pop_ready(0.1)] == [1]
-    assert assembler.n_slices == 2
-    assembler.add(piece(2, 3.0), 0.2)
-    assert [v.key for v in assembler.pop_ready(0.2)] == [2]  # no wait once learned
-
-
-def test_assembler_holds_the_first_volume_for_an_earlier_one():
-    assembler = SeriesAssembler(first_hold=0.25)
-    assembler.add(piece(2), 0.0)
-    assert assembler.pop_ready(0.0) == []
-    assembler.add(piece(1), 0.1)  # watching began as volume 1 was being written
-    assert [v.key for v in assembler.pop_ready(0.2)] == []
-    assert [v.key for v in assembler.pop_ready(0.5)] == [1, 2]
-
-
-def test_assembler_reports_a_volume_whose_slices_do_not_fit_and_goes_on():
-    assembler = SeriesAssembler(n_slices=3)
-    for position in (0.0, 3.0, 9.0):  # a gap: slices not evenly spaced
-        assembler.add(piece(1, position), 0.0)
-    for position in (0.0, 3.0, 6.0):
-        assembler.add(piece(2, position), 0.0)
-    assert [v.key for v in assembler.pop_ready(0.0)] == [2]
-    assert assembler.missing == [0]
-
-
-def test_assembler_refuses_other_series_and_repeats():
-    assembler = SeriesAssembler()
-    assembler.add(piece(1), 0.0)
-    with pytest.raises(ForeignFileError, match="another series"):
-        assembler.add(piece(2, series="9.9.9"), 0.1)
-    with pytest.raises(ForeignFileError, match="a repeat of volume 1"):
-        assembler.add(piece(1), 0.1)
-    only = SeriesAssembler(series_number=7)
-    with pytest.raises(ForeignFileError, match="not the series 7"):
-        only.add(piece(1), 0.0)
-
-
-def test_assembler_flush_releases_whole_volumes_and_reports_the_rest():
-    assembler = SeriesAssembler(n_slices=2)
-    assembler.add(piece(1, 0.0), 0.0)
-    assembler.add(piece(1, 3.0), 0.0)
-    assembler.add(piece(2, 0.0), 0.0)  # the run ends before its second slice
-    assert [v.key for v in assembler.flush()] == [1]
-    assert assembler.missing == [1]
 
 
 # --------------------------------------------------------------------------- live folder

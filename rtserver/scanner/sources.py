@@ -4,7 +4,7 @@ Supported here: a 4D NIfTI file (also a recorded session's ``*_bold.nii.gz``, or
 holding exactly one), a folder of 3D NIfTI files, and a scanner export folder of any layout
 :mod:`rtserver.scanner.readers` reads (Siemens mosaic and XA enhanced DICOM, GE and Philips
 per-slice DICOM, Philips PAR/REC), assembled into volumes by the same code as a watched
-live folder (:class:`rtserver.scanner.watch.SeriesAssembler`). Patient identity never leaves this
+live folder (:class:`rtserver.scanner.assembly.SeriesAssembler`). Patient identity never leaves this
 module: a volume carries voxels, geometry, TR, series and volume numbers, and locally the
 name of the file it came from (which the wire protocol never sends).
 """
@@ -22,7 +22,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtserver.errors import InputError
+from rtserver.errors import IncompleteFileError, InputError
+from rtserver.scanner.assembly import SeriesAssembler
+from rtserver.scanner.readers import read_file
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,8 @@ def open_source(path: str | Path, tr: float | None = None, file_format: str | No
         layout :mod:`rtserver.scanner.readers` reads, or PAR/REC), a PAR file, or a recorded run
         folder holding one ``*_bold.nii[.gz]``.
     tr : float or None
-        Repetition time (s) to use when the files do not state one.
+        The repetition time (s) of every volume, whatever the files state; None takes the
+        files'.
     file_format : str or None
         Read the files as this layout (see :data:`rtserver.scanner.readers.FORMATS`) instead of
         detecting it.
@@ -243,10 +246,6 @@ def _looks_like_scanner_file(path: Path) -> bool:
 def _scanner_source(where: Path, files: list[Path], tr: float | None,
                     file_format: str | None, n_slices: int | None) -> VolumeSource:
     """Every volume of the main series in ``files``, assembled as a live folder would be."""
-    from rtserver.errors import IncompleteFileError
-    from rtserver.scanner.readers import read_file
-    from rtserver.scanner.watch import SeriesAssembler
-
     pieces, names = [], {}
     for path in files:
         try:
@@ -267,24 +266,18 @@ def _scanner_source(where: Path, files: list[Path], tr: float | None,
                                                if p.series == series})
                                   for series in {p.series for p in pieces}})
     main = volumes_per_series.most_common(1)[0][0]
-    assembler = SeriesAssembler(n_slices=n_slices)
+    assembler = SeriesAssembler(n_slices=n_slices, tr=tr)
     for piece in sorted(pieces, key=lambda p: (p.series != main, p.volume_key,
                                                -1e9 if p.slice_key is None else p.slice_key)):
         try:
-            assembler.add(piece, 0.0)
+            assembler.add(piece, None)
         except InputError as exc:
             log.warning("skipped %s: %s", names[id(piece)], exc)
-    assembled = assembler.flush()
-    if not assembled:
+    try:
+        volumes = assembler.flush()
+    except InputError:  # no TR given, none stated
+        raise InputError(f"{where} states no TR; pass --tr.") from None
+    if not volumes:
         raise InputError(f"{where} holds no whole volume (every volume lacks files).")
-    repetition = tr if tr is not None else next((v.tr for v in assembled if v.tr), None)
-    if repetition is None:
-        raise InputError(f"{where} states no TR; pass --tr.")
-    volumes = [Volume(data=np.ascontiguousarray(item.data), affine=item.affine,
-                      index=item.key - assembler.start_key, tr=float(repetition),
-                      meta={"kind": item.kind, "volume_key": item.key, "n_files": item.n_files,
-                            **({"series_number": item.series_number}
-                               if item.series_number is not None else {})})
-               for item in assembled]
-    return VolumeSource(where, assembled[0].kind, float(repetition), len(volumes),
+    return VolumeSource(where, volumes[0].meta["kind"], volumes[0].tr, len(volumes),
                         lambda: iter(volumes))

@@ -1,18 +1,16 @@
 """Watching a live export folder: files in as the scanner writes them, volumes out in order.
 
-Three parts, each testable alone:
+Two parts, each testable alone, with the series assembler of :mod:`rtserver.scanner.assembly`
+between them:
 
-* :class:`SeriesAssembler` (no I/O) collects the pieces the readers make of each file
-  (whole volumes, or single slices) into whole volumes of one series, and releases them in
-  acquisition order: a volume whose successors are complete but which itself is not is
-  reported missing after ``missing_after`` seconds instead of being waited for forever.
 * :class:`FolderWatcher` turns file-system events (watchdog: inotify on a local disk, or
   polling for network shares) into files that are ready to read: a file is read once the
   writer closed it, or once its size and time stamp have stopped changing; the reader then
   checks that its content is whole (a DICOM's pixel data, a NIfTI's voxels), and a file
   that is not is read again when it changes.
-* :func:`watch_and_send` runs both and hands each volume to the scanner bridge, recording
-  when its last file was found complete.
+* :func:`watch_and_send` reads each ready file (:func:`rtserver.scanner.readers.read_file`),
+  gives its pieces to a :class:`rtserver.scanner.assembly.SeriesAssembler`, and hands each
+  volume it releases to the scanner bridge, with the time its last file was found complete.
 
 Nothing that identifies the patient is passed on: the readers keep only voxels, geometry,
 series and volume numbers, and the wire protocol drops any other metadata.
@@ -30,11 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from rtserver.errors import ForeignFileError, IncompleteFileError, InputError
-from rtserver.scanner.assembly import assemble
-from rtserver.scanner.readers import Piece, read_file
+from rtserver.scanner.assembly import SeriesAssembler
+from rtserver.scanner.readers import read_file
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -47,192 +43,9 @@ RECHECK_SECONDS = 0.02
 #: Seconds the first volume of a watched run is held back, in case an earlier one is still
 #: settling (watching began while the scanner was writing).
 FIRST_HOLD_SECONDS = 0.25
-
-
-@dataclass
-class AssembledVolume:
-    """A whole volume, ready to send."""
-
-    key: int
-    data: np.ndarray
-    affine: np.ndarray
-    tr: float | None
-    t_file_complete: float
-    n_files: int
-    kind: str
-    series_number: int | None
-
-
-@dataclass
-class _Pending:
-    pieces: dict[float | None, Piece] = field(default_factory=dict)
-    t_complete: float = 0.0
-    n_files: int = 0
-    t_whole: float | None = None  # when the volume became whole
-
-
-class SeriesAssembler:
-    """Collect the pieces of one series into whole volumes, released in acquisition order.
-
-    Parameters
-    ----------
-    n_slices : int or None
-        Slices per volume for per-slice series; ``None`` takes it from the files, or, if
-        they do not say, from the distinct slice positions seen once a later volume starts.
-    missing_after : float or None
-        Seconds a later volume must have been whole before a volume that is still not is
-        reported missing and skipped; ``None``: two TRs (4 s while the TR is unknown).
-    series_number : int or None
-        Only take this DICOM series; ``None`` takes the first series that arrives.
-    first_hold : float
-        Seconds the first whole volume waits before it goes, in case files of earlier
-        volumes are still being found (e.g. when watching starts as the scanner writes).
-
-    Attributes
-    ----------
-    missing : list of int
-        0-based indices of volumes reported missing.
-    """
-
-    def __init__(self, n_slices: int | None = None, missing_after: float | None = None,
-                 series_number: int | None = None, first_hold: float = 0.0) -> None:
-        self.n_slices = n_slices
-        self.first_hold = first_hold
-        self.missing_after = missing_after
-        self.series_number = series_number
-        self.series: str | None = None
-        self.start_key: int | None = None
-        self.next_key: int | None = None
-        self.tr: float | None = None
-        self.missing: list[int] = []
-        self._pending: dict[int, _Pending] = {}
-        self._positions: set[float] = set()
-        self._released = 0
-
-    # ------------------------------------------------------------------ input
-    def add(self, piece: Piece, t_complete: float) -> None:
-        """Take one piece of a file found complete at ``t_complete`` (Unix seconds).
-
-        Raises
-        ------
-        ForeignFileError
-            If the piece belongs to another series, or to a volume already released or
-            reported missing, or repeats a piece already held.
-        """
-        if self.series is None:
-            if self.series_number is not None and piece.series_number != self.series_number:
-                raise ForeignFileError(
-                    f"series {piece.series_number}, not the series {self.series_number} asked "
-                    "for (--series)")
-            self.series = piece.series
-            log.info("following series %s(%s)", "" if piece.series_number is None
-                     else f"{piece.series_number} ", piece.kind)
-        elif piece.series != self.series:
-            raise ForeignFileError(f"another series (number {piece.series_number}) than the "
-                                   "one being followed")
-        if self.tr is None and piece.tr:
-            self.tr = piece.tr
-        if self.n_slices is None and piece.n_slices:
-            self.n_slices = piece.n_slices
-        key = piece.volume_key
-        if self.start_key is None or (self._released == 0 and not self.missing
-                                      and key < self.start_key):
-            self.start_key = key  # the first volume so far
-            self.next_key = key
-        elif key < self.next_key:
-            raise ForeignFileError(f"volume {key} arrived after it was sent or reported missing")
-        pending = self._pending.setdefault(key, _Pending())
-        if piece.slice_key in pending.pieces or (piece.slice_key is None and pending.pieces):
-            raise ForeignFileError(f"a repeat of volume {key}"
-                                   + ("" if piece.slice_key is None else
-                                      f", slice at {piece.slice_key:.2f} mm"))
-        pending.pieces[piece.slice_key] = piece
-        pending.t_complete = max(pending.t_complete, t_complete)
-        pending.n_files += 1
-        if piece.slice_key is not None:
-            self._positions.add(round(piece.slice_key, 2))
-
-    # ------------------------------------------------------------------ output
-    def pop_ready(self, now: float) -> list[AssembledVolume]:
-        """The volumes that can go now, in order (``now``: Unix seconds, for missing ones)."""
-        ready: list[AssembledVolume] = []
-        if self.next_key is None:
-            return ready
-        for key, pending in self._pending.items():
-            if pending.t_whole is None and self._is_whole(key, pending):
-                pending.t_whole = now
-        while True:
-            pending = self._pending.get(self.next_key)
-            if pending is not None and pending.t_whole is not None:
-                if self._released == 0 and now - pending.t_whole < self.first_hold:
-                    return ready  # an earlier volume may still turn up
-                ready += self._release(self.next_key)
-                continue
-            later = [p.t_whole for k, p in self._pending.items()
-                     if k > self.next_key and p.t_whole is not None]
-            if later and now - min(later) >= self._missing_after():
-                self._report_missing(self.next_key, pending)
-                continue
-            return ready
-
-    def flush(self) -> list[AssembledVolume]:
-        """At the end of the run: release every whole volume; report the rest missing."""
-        ready: list[AssembledVolume] = []
-        while self._pending:
-            pending = self._pending.get(self.next_key)
-            if pending is not None and (pending.t_whole is not None
-                                        or self._is_whole(self.next_key, pending, final=True)):
-                ready += self._release(self.next_key)
-            else:
-                self._report_missing(self.next_key, pending)
-        return ready
-
-    def _missing_after(self) -> float:
-        if self.missing_after is not None:
-            return self.missing_after
-        return 2.0 * self.tr if self.tr else 4.0
-
-    def _is_whole(self, key: int, pending: _Pending, final: bool = False) -> bool:
-        pieces = pending.pieces
-        if None in pieces:
-            return True
-        if self.n_slices is not None:
-            return len(pieces) >= self.n_slices
-        # Slice count unknown: whole once a later volume has started (or the run ended) and
-        # every slice position seen in the series is there.
-        started_later = final or any(k > key for k in self._pending)
-        have = {round(s, 2) for s in pieces}
-        return started_later and have >= self._positions
-
-    def _release(self, key: int) -> list[AssembledVolume]:
-        """The whole volume ``key`` (none, reported missing, if its pieces do not fit)."""
-        pending = self._pending[key]
-        pieces = list(pending.pieces.values())
-        try:
-            data, affine = assemble(pieces)
-        except InputError as exc:
-            log.warning("volume %d cannot be assembled: %s", key - self.start_key, exc)
-            self._report_missing(key, pending)
-            return []
-        del self._pending[key]
-        if self.n_slices is None and pieces[0].slice_key is not None:
-            self.n_slices = len(pieces)
-        self.next_key = key + 1
-        self._released += 1
-        first = pieces[0]
-        return [AssembledVolume(key=key, data=data, affine=affine, tr=self.tr or first.tr,
-                                t_file_complete=pending.t_complete, n_files=pending.n_files,
-                                kind=first.kind, series_number=first.series_number)]
-
-    def _report_missing(self, key: int, pending: _Pending | None) -> None:
-        index = key - self.start_key
-        have = 0 if pending is None else len(pending.pieces)
-        log.warning("volume %d (scanner number %d) is missing%s; going on without it",
-                    index, key, f" ({have} of {self.n_slices or '?'} slices came)" if have
-                    else "")
-        self.missing.append(index)
-        self._pending.pop(key, None)
-        self.next_key = key + 1
+#: Repetition time (s) of the volumes of a watched run while neither the files nor the
+#: caller give one.
+DEFAULT_TR_SECONDS = 2.0
 
 
 # --------------------------------------------------------------------------- watching
@@ -348,14 +161,14 @@ class FolderWatcher:
         return sorted(ready, key=lambda item: _natural_key(item[0].name))
 
     def retry(self, path: Path) -> None:
-        """The file could not be used as it is: read it again once it changes."""
+        """Mark a file that could not be used as it is: read it again once it changes."""
         state = self._states.get(str(path))
         if state is not None:
             state.closed = False
             state.attempted = (state.size, state.mtime_ns)
 
     def finish(self, path: Path) -> None:
-        """The file was read: ignore its further events."""
+        """Mark a file as read: ignore its further events."""
         self._states.pop(str(path), None)
         self._done.add(str(path))
 
@@ -405,13 +218,14 @@ def watch_and_send(folder: str | Path, send: Callable[[Volume], object], *,
     file_format : str or None
         Force the readers' interpretation of the files (``--format``).
     n_slices, series_number, missing_after
-        See :class:`SeriesAssembler`.
+        See :class:`rtserver.scanner.assembly.SeriesAssembler`.
     n_volumes : int or None
         Stop after this many volumes (sent or reported missing).
     idle_timeout : float or None
         Stop when no file has arrived for this many seconds after the first volume.
     tr : float or None
-        TR (s) for files that do not state one.
+        The TR (s) of every volume, whatever the files state; ``None`` takes the files'
+        TR, or 2 s (with a warning) when they state none.
     stop : threading.Event or None
         Set it to end the run from another thread (e.g. on SIGINT).
     progress : tqdm-like or None
@@ -423,30 +237,18 @@ def watch_and_send(folder: str | Path, send: Callable[[Volume], object], *,
     """
     watcher = FolderWatcher(folder, poll=poll).start()
     assembler = SeriesAssembler(n_slices=n_slices, missing_after=missing_after,
-                                series_number=series_number, first_hold=FIRST_HOLD_SECONDS)
+                                series_number=series_number, first_hold=FIRST_HOLD_SECONDS,
+                                tr=tr, default_tr=DEFAULT_TR_SECONDS)
     report = WatchReport()
     last_activity = time.monotonic()
-    tr_default: list[float | None] = [None]  # set (and warned about) once when files lack a TR
     skipped: dict[str, str] = {}  # unreadable or foreign files (watched, should they change)
     rejected: dict[str, str] = {}  # readable files of another series, repeats, late volumes
 
-    def deliver(volumes: list[AssembledVolume]) -> None:
-        for item in volumes:
-            index = item.key - assembler.start_key
-            repetition = item.tr or tr or tr_default[0]
-            if repetition is None:
-                log.warning("the files state no TR; taking 2 s (pass --tr)")
-                tr_default[0] = repetition = 2.0
-            volume = Volume(
-                data=np.ascontiguousarray(item.data), affine=item.affine, index=index,
-                tr=repetition, t_file_complete=item.t_file_complete,
-                meta={"kind": item.kind, "volume_key": item.key, "n_files": item.n_files,
-                      **({"series_number": item.series_number}
-                         if item.series_number is not None else {})},
-            )
+    def deliver(volumes: list[Volume]) -> None:
+        for volume in volumes:
             send(volume)
             report.n_sent += 1
-            report.latencies_ms.append((time.time() - item.t_file_complete) * 1000.0)
+            report.latencies_ms.append((time.time() - volume.t_file_complete) * 1000.0)
             if progress is not None:
                 progress.update(1)
 
