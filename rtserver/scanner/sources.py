@@ -4,14 +4,15 @@ Supported here: a 4D NIfTI file (also a recorded session's ``*_bold.nii.gz``, or
 holding exactly one), a folder of 3D NIfTI files, and a scanner export folder of any layout
 :mod:`rtserver.scanner.readers` reads (Siemens mosaic and XA enhanced DICOM, GE and Philips
 per-slice DICOM, Philips PAR/REC), assembled into volumes by the same code as a watched
-live folder (:class:`rtserver.scanner.assembly.SeriesAssembler`). Patient identity never leaves this
-module: a volume carries voxels, geometry, TR, series and volume numbers, and locally the
-name of the file it came from (which the wire protocol never sends).
+live folder (:class:`rtserver.scanner.assembly.SeriesAssembler`). NIfTI files are read by
+the same reader as in a watched folder (:mod:`rtserver.scanner.readers.nifti`): the same
+TR rule and the same scaling. Patient identity never leaves this module: a volume carries
+voxels, geometry, TR, series and volume numbers, and locally the name of the file it came
+from (which the wire protocol never sends).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -19,17 +20,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from rtserver.errors import IncompleteFileError, InputError
 from rtserver.scanner.assembly import SeriesAssembler
-from rtserver.scanner.readers import read_file
+from rtserver.scanner.readers import (
+    load_nifti,
+    nifti_n_volumes,
+    nifti_tr,
+    nifti_volumes,
+    read_file,
+    sidecar_tr,
+)
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Repetition time (s) of a single NIfTI volume whose file and sidecar state none.
+SINGLE_VOLUME_TR = 2.0
 
 
 @dataclass
@@ -56,9 +65,11 @@ class VolumeSource:
     _loader: object = None
 
     def __iter__(self) -> Iterator[Volume]:
+        """Iterate over the volumes in order (read afresh each time where the source is lazy)."""
         return self._loader()  # type: ignore[misc]
 
     def __len__(self) -> int:
+        """Return the number of volumes."""
         return self.n_volumes
 
 
@@ -73,8 +84,9 @@ def open_source(path: str | Path, tr: float | None = None, file_format: str | No
         layout :mod:`rtserver.scanner.readers` reads, or PAR/REC), a PAR file, or a recorded run
         folder holding one ``*_bold.nii[.gz]``.
     tr : float or None
-        The repetition time (s) of every volume, whatever the files state; None takes the
-        files'.
+        The repetition time (s) of every volume, whatever the files state. None takes the
+        files' (for NIfTI by :func:`rtserver.scanner.readers.nifti.nifti_tr`'s rule, as a
+        watched folder does); a single NIfTI volume that states none gets 2 s.
     file_format : str or None
         Read the files as this layout (see :data:`rtserver.scanner.readers.FORMATS`) instead of
         detecting it.
@@ -88,7 +100,8 @@ def open_source(path: str | Path, tr: float | None = None, file_format: str | No
     Raises
     ------
     InputError
-        If the path does not exist or holds nothing readable as fMRI volumes.
+        If the path does not exist, holds nothing readable as fMRI volumes, or states no TR
+        when none is given.
     """
     path = Path(path)
     if not path.exists():
@@ -126,59 +139,23 @@ def open_source(path: str | Path, tr: float | None = None, file_format: str | No
 
 # --------------------------------------------------------------------------- NIfTI
 def _is_nifti(path: Path) -> bool:
+    """Tell whether a file's name is a NIfTI file's."""
     return path.name.endswith(NIFTI_SUFFIXES)
 
 
-def _load_nifti(path: Path) -> nib.Nifti1Image:
-    try:
-        img = nib.load(path)
-        img.header  # noqa: B018 - touch the header so a broken file fails here
-    except Exception as exc:  # nibabel raises many types for broken files
-        raise InputError(f"Cannot read NIfTI file {path}: {exc}") from None
-    return img
-
-
-def _voxels(img: nib.Nifti1Image, path: Path) -> np.ndarray:
-    """The stored voxel values, scaled to float32 only when the file asks for scaling."""
-    slope, inter = img.dataobj.slope, img.dataobj.inter
-    try:
-        if (slope in (None, 1.0) or not np.isfinite(slope)) and inter in (None, 0.0):
-            return np.asanyarray(img.dataobj.get_unscaled())
-        return np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:
-        raise InputError(f"Cannot read the voxels of {path}: {exc}") from None
-
-
-def _nifti_tr(img: nib.Nifti1Image, path: Path, tr: float | None) -> float:
-    if tr is not None:
-        return float(tr)
-    sidecar = Path(re.sub(r"\.nii(\.gz)?$", ".json", str(path)))
-    if sidecar.exists():
-        try:
-            value = json.loads(sidecar.read_text()).get("RepetitionTime")
-        except (OSError, json.JSONDecodeError):
-            value = None
-        if isinstance(value, int | float) and value > 0:
-            return float(value)
-    zooms = img.header.get_zooms()
-    if len(zooms) > 3 and zooms[3] > 0:
-        unit = img.header.get_xyzt_units()[1]
-        return float(zooms[3]) / (1000.0 if unit == "msec" else 1.0)
-    raise InputError(f"{path} states no TR (no 4th zoom, no JSON sidecar); pass --tr.")
-
-
 def _nifti4d_source(path: Path, tr: float | None) -> VolumeSource:
-    img = _load_nifti(path)
-    if len(img.shape) not in (3, 4):
-        raise InputError(f"NIfTI file {path} should be 3D or 4D. Got shape {img.shape}.")
-    n_volumes = 1 if len(img.shape) == 3 else img.shape[3]
-    repetition = _nifti_tr(img, path, tr) if len(img.shape) == 4 else float(tr or 2.0)
-    affine = img.affine
+    """Open a NIfTI file's volumes (one for a 3D file), read when iterated."""
+    image = load_nifti(path)
+    n_volumes = nifti_n_volumes(image.shape, path)
+    repetition = nifti_tr(image, path, tr)
+    if repetition is None:
+        if n_volumes > 1:
+            raise InputError(f"{path} states no TR (no JSON sidecar, no 4th zoom); pass --tr.")
+        repetition = SINGLE_VOLUME_TR
+    affine = image.affine
 
     def load() -> Iterator[Volume]:
-        data = _voxels(img, path)
-        if data.ndim == 3:
-            data = data[..., np.newaxis]
+        data = nifti_volumes(image, path)
         for index in range(n_volumes):
             yield Volume(
                 data=np.ascontiguousarray(data[..., index]),
@@ -192,21 +169,24 @@ def _nifti4d_source(path: Path, tr: float | None) -> VolumeSource:
 
 
 def _nifti3d_folder_source(folder: Path, files: list[Path], tr: float | None) -> VolumeSource:
+    """Open a folder of 3D NIfTI files, one volume each, in natural order of their names."""
     files = sorted(files, key=_natural_key)
-    first = _load_nifti(files[0])
+    first = load_nifti(files[0])
     if len(first.shape) != 3:
         raise InputError(
             f"Folder {folder} should hold 3D NIfTI files, one per volume. "
             f"Got {files[0].name} of shape {first.shape}."
         )
-    repetition = float(tr) if tr is not None else _folder_tr(folder, first, files[0])
+    repetition = nifti_tr(first, files[0], tr)
+    if repetition is None:
+        repetition = _folder_tr(folder)
 
     def load() -> Iterator[Volume]:
         for index, file in enumerate(files):
-            img = _load_nifti(file)
+            image = load_nifti(file)
             yield Volume(
-                data=np.ascontiguousarray(_voxels(img, file)),
-                affine=img.affine,
+                data=np.ascontiguousarray(nifti_volumes(image, file)[..., 0]),
+                affine=image.affine,
                 index=index,
                 tr=repetition,
                 meta={"file": file.name},
@@ -215,14 +195,12 @@ def _nifti3d_folder_source(folder: Path, files: list[Path], tr: float | None) ->
     return VolumeSource(folder, "nifti3d-folder", repetition, len(files), load)
 
 
-def _folder_tr(folder: Path, first: nib.Nifti1Image, path: Path) -> float:
+def _folder_tr(folder: Path) -> float:
+    """Read the RepetitionTime of the first JSON file of a folder that states one."""
     for sidecar in sorted(folder.glob("*.json")):
-        try:
-            value = json.loads(sidecar.read_text()).get("RepetitionTime")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(value, int | float) and value > 0:
-            return float(value)
+        stated = sidecar_tr(sidecar)
+        if stated is not None:
+            return stated
     raise InputError(f"{folder} states no TR (3D files, no JSON sidecar); pass --tr.")
 
 

@@ -24,7 +24,7 @@ bytes), :mod:`~rtserver.scanner.readers.dicom` (any DICOM file: parsing, checks,
 :mod:`~rtserver.scanner.readers.enhanced` (enhanced multi-frame: Siemens XA and others),
 :mod:`~rtserver.scanner.readers.slices` (GE, Philips and other per-slice DICOM),
 :mod:`~rtserver.scanner.readers.parrec` (Philips PAR/REC), :mod:`~rtserver.scanner.readers.nifti`
-(NIfTI); :mod:`~rtserver.scanner.readers.pieces` holds what they
+(NIfTI, also for replayed files); :mod:`~rtserver.scanner.readers.pieces` holds what they
 make and share.
 
 Patient identity never enters a piece: it carries the fields of :class:`Piece` only, and its
@@ -34,6 +34,7 @@ folder and the file-name pattern.
 """
 
 from rtserver.scanner.readers.dispatch import is_complete_file, read_file
+from rtserver.scanner.readers.nifti import load_nifti, nifti_n_volumes, nifti_tr, nifti_volumes, sidecar_tr
 from rtserver.scanner.readers.pieces import FORMATS, KINDS, Piece
 
 __all__ = [
@@ -41,5 +42,10 @@ __all__ = [
     "KINDS",
     "Piece",
     "is_complete_file",
+    "load_nifti",
+    "nifti_n_volumes",
+    "nifti_tr",
+    "nifti_volumes",
     "read_file",
+    "sidecar_tr",
 ]
