@@ -179,7 +179,7 @@ def test_assembler_tr_given_beats_the_files_and_a_default_comes_last(caplog):
         defaulted.add(piece(key, tr=None), 0.0)
     with caplog.at_level(logging.WARNING):
         assert [v.tr for v in defaulted.flush()] == [2.5, 2.5]
-    assert caplog.text.count("the files state no TR; taking 2.5 s") == 1
+    assert caplog.text.count("the files state no TR, and none was given; taking 2.5 s") == 1
     unknown = SeriesAssembler()
     unknown.add(piece(1, tr=None), 0.0)
     with pytest.raises(InputError, match="state no repetition time"):

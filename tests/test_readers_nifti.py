@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtserver.errors import ForeignFileError, IncompleteFileError
+from rtserver.errors import ForeignFileError, IncompleteFileError, InputError
 from rtserver.scanner.assembly import SeriesAssembler
 from rtserver.scanner.readers import nifti_tr, read_file
 from rtserver.scanner.sources import open_source
@@ -166,3 +166,12 @@ def test_tr_rule_given_then_sidecar_then_header(tmp_path):
     single = tmp_path / "one.nii"
     write_run(single, unit="sec", pixdim4=3.0, n_volumes=1)
     assert nifti_tr(nib.load(single), single) is None  # pixdim[4] of a single volume says nothing
+
+
+def test_replay_of_a_run_stating_no_tr_names_the_tr_setting(tmp_path):
+    path = tmp_path / "run.nii"
+    write_run(path, unit="sec", pixdim4=0.0)
+    with pytest.raises(InputError, match="states no TR") as raised:
+        open_source(path)
+    assert raised.value.setting == "tr"
+    assert len(open_source(path, tr=1.0)) == 4

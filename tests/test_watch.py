@@ -20,10 +20,11 @@ import pytest
 
 from rtserver import protocol
 from rtserver.config import Config
+from rtserver.errors import InputError
 from rtserver.scanner.export_writer import ExportPlan, ExportWriter, groups_by_volume
 from rtserver.scanner.readers import read_file
 from rtserver.scanner.sources import open_source
-from rtserver.scanner.watch import watch_and_send
+from rtserver.scanner.watch import FolderWatcher, watch_and_send
 from rtserver.service.replay import ServerThread
 from rtserver.service.server import Server
 
@@ -299,3 +300,11 @@ def test_watched_parrec_dumps_wait_for_their_rec(tmp_path):
     assert report.n_sent == counters.n_processed == len(pars) == 4
     for volume in open_source(folder, tr=1.0):  # the dumps state no usable TR
         assert np.array_equal(data[..., volume.index], volume.data)
+
+
+def test_watching_a_file_names_the_watch_setting(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a folder")
+    with pytest.raises(InputError, match="should be a folder") as raised:
+        FolderWatcher(path)
+    assert raised.value.setting == "watch"

@@ -173,8 +173,8 @@ class SeriesAssembler:
         if self.series is None:
             if self.series_number is not None and piece.series_number != self.series_number:
                 raise ForeignFileError(
-                    f"series {piece.series_number}, not the series {self.series_number} asked "
-                    "for (--series)")
+                    f"series {piece.series_number}, not the series {self.series_number} asked for",
+                    setting="series")
             self.series = piece.series
             log.info("following series %s(%s)", "" if piece.series_number is None
                      else f"{piece.series_number} ", piece.kind)
@@ -293,9 +293,9 @@ class SeriesAssembler:
         if self.tr is not None:
             return self.tr
         if self.default_tr is None:
-            raise InputError("The files state no repetition time (TR), and none was given.")
+            raise InputError("The files state no repetition time (TR), and none was given.", setting="tr")
         if not self._warned_default_tr:
-            log.warning("the files state no TR; taking %g s (pass --tr)", self.default_tr)
+            log.warning("the files state no TR, and none was given; taking %g s", self.default_tr)
             self._warned_default_tr = True
         return self.default_tr
 

@@ -150,7 +150,7 @@ def _nifti4d_source(path: Path, tr: float | None) -> VolumeSource:
     repetition = nifti_tr(image, path, tr)
     if repetition is None:
         if n_volumes > 1:
-            raise InputError(f"{path} states no TR (no JSON sidecar, no 4th zoom); pass --tr.")
+            raise InputError(f"{path} states no TR (no JSON sidecar, no 4th zoom).", setting="tr")
         repetition = SINGLE_VOLUME_TR
     affine = image.affine
 
@@ -201,7 +201,7 @@ def _folder_tr(folder: Path) -> float:
         stated = sidecar_tr(sidecar)
         if stated is not None:
             return stated
-    raise InputError(f"{folder} states no TR (3D files, no JSON sidecar); pass --tr.")
+    raise InputError(f"{folder} states no TR (3D files, no JSON sidecar).", setting="tr")
 
 
 def _natural_key(path: Path) -> list:
@@ -254,7 +254,7 @@ def _scanner_source(where: Path, files: list[Path], tr: float | None,
     try:
         volumes = assembler.flush()
     except InputError:  # no TR given, none stated
-        raise InputError(f"{where} states no TR; pass --tr.") from None
+        raise InputError(f"{where} states no TR.", setting="tr") from None
     if not volumes:
         raise InputError(f"{where} holds no whole volume (every volume lacks files).")
     return VolumeSource(where, volumes[0].meta["kind"], volumes[0].tr, len(volumes),

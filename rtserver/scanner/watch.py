@@ -73,7 +73,8 @@ class FolderWatcher:
     def __init__(self, folder: str | Path, poll: float | None = None) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise InputError(f"--watch needs a folder. {self.folder} is not one.")
+            raise InputError(f"The folder to watch should be a folder. Got {self.folder}, which is not "
+                             "one.", setting="watch")
         self.poll = poll
         self._events: queue.Queue[tuple[str, bool]] = queue.Queue()
         self._states: dict[str, _FileState] = {}
