@@ -264,27 +264,9 @@ def watch_and_send(folder: str | Path, send: Callable[[Volume], object], *,
     try:
         while not done():
             for path, t_ready in watcher.ready(timeout=0.2):
-                try:
-                    pieces = read_file(path, file_format)
-                except IncompleteFileError:
-                    watcher.retry(path)  # still being written
-                    continue
-                except InputError as exc:  # foreign or unreadable as it stands
-                    watcher.retry(path)  # (read again should it change)
-                    if skipped.get(path.name) != str(exc):
-                        skipped[path.name] = str(exc)
-                        log.info("skipped %s: %s", path.name, exc)
-                    continue
-                watcher.finish(path)
-                skipped.pop(path.name, None)
-                report.n_files += 1
-                last_activity = time.monotonic()
-                for piece in pieces:
-                    try:
-                        assembler.add(piece, t_ready)
-                    except ForeignFileError as exc:
-                        rejected[path.name] = str(exc)
-                        log.info("skipped %s: %s", path.name, exc)
+                if _take_file(path, t_ready, file_format, watcher, assembler, skipped, rejected):
+                    report.n_files += 1
+                    last_activity = time.monotonic()
             # After the whole batch: files found together (e.g. already in the folder when
             # the watch began) all count before the first volume goes.
             deliver(assembler.pop_ready(time.time()))
@@ -297,3 +279,33 @@ def watch_and_send(folder: str | Path, send: Callable[[Volume], object], *,
     if incomplete > 0:
         log.warning("%d files never became complete", incomplete)
     return report
+
+
+def _take_file(path: Path, t_ready: float, file_format: str | None, watcher: FolderWatcher,
+               assembler: SeriesAssembler, skipped: dict[str, str], rejected: dict[str, str]) -> bool:
+    """Read a ready file and give its pieces to the assembler; False if it is not read yet.
+
+    A file still being written, or foreign or unreadable as it stands, is watched again
+    (``skipped`` keeps the reason of the latter, logged once); pieces the assembler refuses
+    (another series, repeats, late volumes) are logged and noted in ``rejected``.
+    """
+    try:
+        pieces = read_file(path, file_format)
+    except IncompleteFileError:
+        watcher.retry(path)  # still being written
+        return False
+    except InputError as exc:  # foreign or unreadable as it stands
+        watcher.retry(path)  # (read again should it change)
+        if skipped.get(path.name) != str(exc):
+            skipped[path.name] = str(exc)
+            log.info("skipped %s: %s", path.name, exc)
+        return False
+    watcher.finish(path)
+    skipped.pop(path.name, None)
+    for piece in pieces:
+        try:
+            assembler.add(piece, t_ready)
+        except ForeignFileError as exc:
+            rejected[path.name] = str(exc)
+            log.info("skipped %s: %s", path.name, exc)
+    return True
