@@ -1,5 +1,7 @@
-"""One way to summarise timings, shared by every benchmark (run as ``python benchmarks/X.py``,
-which puts this folder on the import path)."""
+"""One way to summarise timings, shared by every benchmark.
+
+Benchmarks run as ``python benchmarks/X.py``, which puts this folder on the import path.
+"""
 
 from __future__ import annotations
 

@@ -391,8 +391,7 @@ def _check_display(raw: object, where: str, base: str | Path | None) -> DisplayS
 
 
 def _check_intermittent(blocks: list[Block], seconds: float, source: str) -> None:
-    """An intermittent block's result is shown during the next block: it must exist and be
-    long enough."""
+    """Check that each intermittent block is followed by one long enough to show its result."""
     for number, (block, following) in enumerate(zip(blocks, [*blocks[1:], None], strict=True), start=1):
         if block.feedback != "intermittent":
             continue

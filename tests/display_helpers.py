@@ -1,5 +1,6 @@
 """Helpers of the display tests: a test-owned feedback publisher, keys sent through the X
-server, and measurements of screenshots (bar height, colours, text, pictures)."""
+server, and measurements of screenshots (bar height, colours, text, pictures).
+"""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def wait_for_subscription(xpub: zmq.Socket, timeout: float,
 
 def press(*keys: str) -> None:
     """Press and release keys (X keysym names: ``Right``, ``space``, ``Escape``, ``t``) through
-    the X server's XTEST extension, as a keyboard or button box would."""
+    the X server's XTEST extension, as a keyboard or button box would.
+    """
     xlib = pytest.importorskip("Xlib", reason="python-xlib sends key presses (XTEST)")
     from Xlib import XK
     from Xlib.display import Display
@@ -153,7 +155,8 @@ def picture_difference(image: np.ndarray, category: str, index: int,
                        centre: tuple[int, int]) -> float:
     """Mean absolute difference (0-255) between the screenshot's picture area and the shipped
     placeholder ``index`` of ``category`` scaled as the display scales it; the outer 8 px
-    are left out (edges are interpolated)."""
+    are left out (edges are interpolated).
+    """
     from PIL import Image
 
     width, height = PICTURE_BOX  # the 320x240 placeholders fill the box exactly (x1.5)

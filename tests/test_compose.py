@@ -53,7 +53,7 @@ def test_services_are_the_server_bridge_and_display(resolved):
     ("display", "feedback-display", None),
 ])
 def test_each_command_parses_with_the_projects_cli(resolved, service, program, subcommand):
-    """argparse exits (SystemExit) on any unknown option or missing argument."""
+    """Argparse exits (SystemExit) on any unknown option or missing argument."""
     argv = program_argv(resolved["services"][service]["command"])
     assert argv[0] == program
     if program == "rtserver":

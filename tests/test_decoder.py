@@ -66,7 +66,8 @@ def _signal_run(n_volumes=70, n_features=40, seed=0):
 
 def test_signal_model_online_equals_batch_recomputation():
     """Causal, deterministic: each volume's output equals a least-squares refit on the
-    volumes up to it (an independent solver), to 1e-9 percent."""
+    volumes up to it (an independent solver), to 1e-9 percent.
+    """
     features, motion, task, censored = _signal_run()
     model = SignalModel(drift_order=2, despike=3.0, ridge=1.0, motion_ridge=30.0,
                         task=task).fit(features.shape[1])
@@ -275,7 +276,8 @@ def test_fast_readout_equals_predict_proba(trained):
 def test_replay_with_model_decodes_drug_vs_food_online(trained, session, tmp_path):
     """The regulation run replayed through the server: drug-cue vs food-cue volumes are
     separated with AUC >= 0.90, within 0.03 of the nested cross-validated AUC, and the
-    recorded output equals Pipeline.step on the same volumes (deterministic)."""
+    recorded output equals Pipeline.step on the same volumes (deterministic).
+    """
     import subprocess
 
     model, _ = trained
@@ -310,7 +312,8 @@ def test_replay_with_model_decodes_drug_vs_food_online(trained, session, tmp_pat
 
 def test_shuffled_labels_give_chance_cross_validated_auc(session):
     """No leakage: with the volume labels permuted, the nested blocked CV AUC averages
-    0.5 +- 0.1 (features: the ROI means and every 32nd voxel, to keep the test fast)."""
+    0.5 +- 0.1 (features: the ROI means and every 32nd voxel, to keep the test fast).
+    """
     (bold, events), = find_runs(session.root, session.subject, "localizer", [1])
     rois = read_rois(session.runs_of("localizer")[0].rois)
     run, _ = extract_features(bold, events, Config(), rois, None, 4.0, 4.0)
@@ -355,7 +358,8 @@ def test_pipeline_registers_the_atlas_when_asked():
 
 def test_decoder_features_are_roi_centred_voxels_then_roi_means():
     """Pipeline.features_: the signal model's voxel PSC minus its ROI's mean over voxels,
-    then the ROI means' PSC, recomputed here from the signal model's own output."""
+    then the ROI means' PSC, recomputed here from the signal model's own output.
+    """
     phantom = build_phantom((40, 48, 30), 3.5)
     rois = RoiSet(labels=phantom.labels.astype(np.int32), affine=phantom.affine,
                   names=dict(phantom.roi_names))

@@ -58,7 +58,8 @@ def _check_decoder_feedback(rows: list[dict], paradigm: Paradigm, session_file) 
     it must separate the regulation run's look-drug from look-food volumes, and read the
     planted reappraisal (drug response 1.6 % -> 1.3 % in the cue-reactive ROIs) as a less
     drug-like state. (Across all drug- and food-cue blocks its AUC is lower for patients:
-    see docs/validation.md.)"""
+    see docs/validation.md.)
+    """
     p_drug = np.array([float(row["p_drug"]) for row in rows])
     decision = np.array([float(row["decision"]) for row in rows])
     censored = np.array([row["censored"] == "1" for row in rows])

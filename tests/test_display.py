@@ -238,7 +238,8 @@ MINIMAL = {"tr": 2.0, "blocks": [
 
 def test_ratings_and_display_tables_leave_the_scanned_run_unchanged():
     """The simulator and the server read n_volumes, events() and block_of_volume: the
-    ratings before and after the run take no scanner time."""
+    ratings before and after the run take no scanner time.
+    """
     plain = Paradigm.from_dict(MINIMAL)
     rated = Paradigm.from_dict({**MINIMAL, "ratings": {"before": True, "after": True},
                                 "display": {"cue_seconds": 2.0}})
@@ -356,7 +357,8 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 60.0):
 
 def without_screen() -> dict[str, str]:
     """The environment minus the X display: a run that got as far as opening a window
-    would fail with "Cannot open a window", so any other error came before it."""
+    would fail with "Cannot open a window", so any other error came before it.
+    """
     return {key: value for key, value in os.environ.items()
             if key not in ("DISPLAY", "WAYLAND_DISPLAY")}
 

@@ -373,7 +373,8 @@ LISTENING = r"listening: volumes (\S+), feedback (\S+), results (\S+)"
 
 def test_replayed_session_onsets_and_values(tmp_path, processes):
     """Server + bridge replaying a simulated run at its TR; the display starts on the first
-    volume. Onsets follow the paradigm within one frame; the values drawn are the server's."""
+    volume. Onsets follow the paradigm within one frame; the values drawn are the server's.
+    """
     from rtserver.sim import simulate_subject
 
     paradigm_file = tmp_path / "replaytest.toml"

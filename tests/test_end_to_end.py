@@ -301,7 +301,8 @@ def test_cli_errors_are_one_line(tmp_path, processes, args, match):
 def test_pacing_at_the_tr_spaces_the_volumes(tmp_path):
     """`--tr S` sends volume k no earlier than k * S after the replay starts (lower bounds
     only, so a busy machine cannot make it flake: a late first volume shortens the span
-    between first and last, so that span is not what is checked)."""
+    between first and last, so that span is not what is checked).
+    """
     import time
 
     from rtserver.config import Config

@@ -143,7 +143,8 @@ def test_deliberate_head_motion_is_found_where_the_subject_moved():
 def spiky_run():
     """The real Siemens run in which volumes 4 and 7 are replaced by volume 0 moved by known
     motion: 3 mm / 3 degrees, and a 45 degree turn with an 8 mm shift (which forces a
-    restart)."""
+    restart).
+    """
     img = nib.load(SIEMENS_NIFTI)
     data = np.asarray(img.dataobj, dtype=np.float32).copy()
     centre = grid_centre(data.shape[:3], img.affine)
@@ -201,7 +202,8 @@ def read_rows(path):
 
 def test_server_records_reference_to_volume_transforms(tmp_path):
     """Replay through the server: confounds and hmc_xfm equal the batch estimate, the matrix
-    has the documented direction (volume(M x) = reference(x)), and --reslice undoes it."""
+    has the documented direction (volume(M x) = reference(x)), and --reslice undoes it.
+    """
     data, affine = spiky_run()
     bold = tmp_path / "spiky_bold.nii.gz"
     nib.save(nib.Nifti1Image(data, affine), bold)
@@ -267,7 +269,8 @@ def test_reference_can_come_from_another_run(tmp_path):
 
 def test_reference_on_another_grid_is_used_in_world_space():
     """A reference from a run whose slices were placed elsewhere (grid shifted by 7 mm):
-    the motion is still the motion in world space."""
+    the motion is still the motion in world space.
+    """
     data, affine = first_volume(SIEMENS_NIFTI)
     shifted_affine = affine.copy()
     shifted_affine[:3, 3] += [7.0, 0.0, 0.0]  # same voxels, placed 7 mm to the left/right

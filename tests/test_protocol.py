@@ -187,7 +187,8 @@ def test_pickled_header_is_rejected_not_loaded():
 
 def test_only_non_identifying_metadata_goes_on_the_wire():
     """File names and free text can hold a patient's name: only WIRE_META keys are sent,
-    and a receiver drops anything else it is sent."""
+    and a receiver drops anything else it is sent.
+    """
     volume = Volume(np.zeros((2, 2, 2), np.int16), AFFINE, index=0, tr=2.0, meta={
         "file": "DOE_JANE_001.dcm", "PatientName": "Doe^Jane", "kind": "siemens-mosaic",
         "series_number": 5, "volume_key": 7, "n_files": 1, "series_description": "x"})

@@ -51,7 +51,8 @@ from .reader_helpers import (
 
 def identifying_values(folder: Path) -> tuple[set[str], set[str]]:
     """PatientName and PatientID values (and the name's parts), and SeriesInstanceUIDs, of the
-    DICOM files in a folder."""
+    DICOM files in a folder.
+    """
     identity, uids = set(), set()
     for path in folder.rglob("*"):
         try:
@@ -175,8 +176,9 @@ def test_dicom_cut_short_is_incomplete(source, fraction, tmp_path):
 @pytest.mark.parametrize("source", [sorted(GE_SLICES.glob("*.dcm"))[0], SIEMENS_ENHANCED / "6_1.dcm"],
                          ids=["ge-slice", "siemens-enhanced"])
 def test_dicom_cut_at_any_byte_is_incomplete(source, tmp_path):
-    """pydicom reads what there is of a value cut short without a word: a half-written group
-    length, SOP class UID, sequence or pixel data must not read as broken, foreign or whole."""
+    """Pydicom reads what there is of a value cut short without a word: a half-written group
+    length, SOP class UID, sequence or pixel data must not read as broken, foreign or whole.
+    """
     data = source.read_bytes()
     cut = tmp_path / source.name
     lengths = [*range(1, 700), *np.linspace(700, len(data) - 1, 300).astype(int).tolist()]
@@ -401,7 +403,8 @@ def test_explicit_big_endian_reads_the_same(source, tmp_path):
                          ids=["siemens-mosaic", "siemens-enhanced", "philips-slice", "ge-slice"])
 def test_stored_pixels_equal_pydicoms(folder):
     """The pixels and geometry read equal pydicom's ``pixel_array`` and positions (and nibabel's
-    unpacking and geometry, for mosaics)."""
+    unpacking and geometry, for mosaics).
+    """
     for path in sorted(folder.glob("*.dcm"))[:4]:
         dataset = pydicom.dcmread(path)
         pieces = read_file(path)

@@ -134,7 +134,8 @@ def test_replay_and_watch_read_a_4d_file_alike(name, suffix, tmp_path):
 
 def test_replay_and_a_real_watched_folder_read_a_usec_scaled_file_alike(tmp_path):
     """The whole watch path (file events, reader, assembler) on a file with usec units and a
-    scl_slope: the volumes sent equal the replayed ones, with the same TR."""
+    scl_slope: the volumes sent equal the replayed ones, with the same TR.
+    """
     folder = tmp_path / "export"
     folder.mkdir()
     path = folder / "run.nii.gz"

@@ -1,5 +1,6 @@
 """The server's lifecycle: started, stopped at once from another thread, closed, and its
-pipeline set up before the first volume whenever the reference is known."""
+pipeline set up before the first volume whenever the reference is known.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def loopback_config(**overrides) -> Config:
 
 def test_stop_from_another_thread_ends_a_waiting_run(tmp_path):
     """The serving thread polls with no timeout: only the control socket can wake it, so a
-    run that ended here was woken by stop()."""
+    run that ended here was woken by stop().
+    """
     server = Server(loopback_config(), tmp_path / "out")
     thread = ServerThread(server).start()
     server.stop()
@@ -47,7 +49,8 @@ def test_stop_wakes_the_wait_for_the_display(tmp_path):
 
 def test_context_manager_closes_a_running_server(tmp_path):
     """``with Server(...)`` binds; leaving the block stops the run on its thread, waits for
-    the flush and releases the ports (they can be bound again)."""
+    the flush and releases the ports (they can be bound again).
+    """
     done = threading.Event()
     with Server(loopback_config(), tmp_path / "out") as server:
         endpoints = dict(server.endpoints)
@@ -65,7 +68,8 @@ def test_context_manager_closes_a_running_server(tmp_path):
 
 def test_a_known_reference_is_fitted_before_volume_0(tmp_path):
     """[motion] reference given: the session fits the pipeline at setup, and volume 0's
-    feedback equals a pipeline fitted on the same reference independently."""
+    feedback equals a pipeline fitted on the same reference independently.
+    """
     volumes = list(open_source(SIEMENS_NIFTI))
     config = loopback_config(motion={"reference": str(SIEMENS_NIFTI), "reference_index": 3})
     pipeline = Session.from_config(config).pipeline()

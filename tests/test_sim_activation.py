@@ -50,7 +50,8 @@ def test_hrf_regressors_match_an_independent_convolution():
 def test_subjects_vary_around_their_group_with_a_drug_bias_of_their_own():
     """Over 400 drawn subjects, the drug-bias index (drug minus food, mean of the
     cue-reactive ROIs) has the group means' difference and the planted spread: sd
-    sqrt(bias_sd^2 + 2 sd^2 / 4) (each ROI's own draws average over the 4 ROIs)."""
+    sqrt(bias_sd^2 + 2 sd^2 / 4) (each ROI's own draws average over the 4 ROIs).
+    """
     rng = np.random.default_rng(5)
     index = {}
     for group in ("patient", "control"):
@@ -72,7 +73,8 @@ def test_subjects_vary_around_their_group_with_a_drug_bias_of_their_own():
 
 def test_voxel_patterns_carry_information_the_roi_mean_does_not():
     """Inside an ROI the planted maps vary voxel to voxel, with the ROI mean equal to the
-    amplitude, and two conditions' patterns differ beyond a scale factor."""
+    amplitude, and two conditions' patterns differ beyond a scale factor.
+    """
     phantom = build_phantom(SMALL, VOXEL)
     activation = Activation.draw("control", np.random.default_rng(3))
     maps = activation.maps(phantom)

@@ -86,7 +86,8 @@ def test_planted_motion_is_undone_by_sampling_at_matrix_times_x(large_motion):
 
 def test_renderer_matches_full_grid_resampling():
     """The fast path (shared spline coefficients, padded grid, cropped box) equals
-    apply_motion of the volume's noise-free image on the padded grid."""
+    apply_motion of the volume's noise-free image on the padded grid.
+    """
     phantom = build_phantom(SMALL, VOXEL)
     paradigm = Paradigm.from_file("regulation")
     regressors = condition_regressors(paradigm)

@@ -55,7 +55,8 @@ def test_glm_recovers_planted_amplitudes_and_group_contrast(still_runs):
 
 def recorded_phases(run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sample times and the cardiac and respiratory phases, recovered from the BIDS physio
-    recording as an analysis would: band-pass around each cycle, then the Hilbert phase."""
+    recording as an analysis would: band-pass around each cycle, then the Hilbert phase.
+    """
     sidecar = read_json(run.physio_sidecar)
     assert sidecar["Columns"] == ["cardiac", "respiratory"]
     with gzip.open(run.physio, "rt") as stream:
@@ -97,11 +98,12 @@ def test_physio_recording_follows_the_planted_rates(still_runs):
 
 
 def test_noise_has_planted_tsnr_autocorrelation_and_physiological_cycles(still_runs):
-    """tSNR at grey-matter intensity matches the setting within 8 %; after removing drift
+    """TSNR at grey-matter intensity matches the setting within 8 %; after removing drift
     and the RETROICOR regressors built from the physio recording, the lag-1 autocorrelation
     matches the AR(1) setting within 0.02 (its expectation under the planted covariance,
     which accounts for the regression's bias); the cardiac and respiratory regressors
-    explain more variance than chance, and more in CSF than in grey matter."""
+    explain more variance than chance, and more in CSF than in grey matter.
+    """
     run = still_runs["patient"].runs[0]
     truth = read_json(run.truth)["noise"]
     bold = load_data(run.bold).astype(np.float64)
@@ -164,7 +166,8 @@ def test_noise_has_planted_tsnr_autocorrelation_and_physiological_cycles(still_r
 def test_nilearn_first_level_model_recovers_planted_roi_effects(still_runs):
     """An independent standard analysis (nilearn's FirstLevelModel, SPM HRF, cosine drift)
     finds every ROI's planted amplitudes within 0.3 % signal change, and the subject's
-    drug-vs-food and reappraise-vs-savor contrasts with their planted sign."""
+    drug-vs-food and reappraise-vs-savor contrasts with their planted sign.
+    """
     import pandas as pd
     from nilearn.glm.first_level import FirstLevelModel
 

@@ -84,7 +84,8 @@ def test_cohort_reproduces_single_subjects_and_lists_participants(tmp_path, tiny
 def test_session_of_two_tasks_shares_responses_not_noise(tmp_path, tiny_paradigm):
     """A localizer-like and a regulation-like task of one subject: the same planted
     responses (the subject's), different noise and motion, and each task alone reproduces
-    its runs byte for byte."""
+    its runs byte for byte.
+    """
     other = tmp_path / "other.toml"
     other.write_text(TINY_PARADIGM.replace('task = "tiny"', 'task = "other"'), encoding="utf-8")
     kwargs = {"shape": SMALL, "voxel_size": VOXEL}

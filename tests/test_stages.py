@@ -58,7 +58,8 @@ def test_motion_is_recovered_on_a_synthetic_head(blob_volume, params):
 
 def test_motion_is_recovered_on_real_epi():
     """A real Siemens EPI volume moved by 1-2 mm and 1-2 degrees, with noise: within
-    0.05 mm and 0.05 degrees per parameter (test_motion.py has the full validation)."""
+    0.05 mm and 0.05 degrees per parameter (test_motion.py has the full validation).
+    """
     reference = next(iter(open_source(SIEMENS_MOSAIC)))
     params = np.array([1.2, -1.5, 0.8, np.deg2rad(1.5), np.deg2rad(-1.0), np.deg2rad(2.0)])
     moved = move(reference, params, noise=5.0)
@@ -118,7 +119,8 @@ def test_roi_grid_mismatch_is_refused(blob_volume):
 
 def test_roi_means_without_motion_need_the_reference_grid(blob_volume):
     """Without a motion matrix the ROI voxel indices are used as they are: another grid is
-    refused; with a matrix the volume's own affine places them."""
+    refused; with a matrix the volume's own affine places them.
+    """
     labels = np.zeros(blob_volume.shape, np.int32)
     labels[10:14, 12:16, 8:10] = 1
     rois = RoiSet(labels=labels, affine=blob_volume.affine, names={1: "nacc"})

@@ -73,7 +73,8 @@ def mosaic_plan(**changes) -> ExportPlan:
 @pytest.mark.parametrize("poll", [None, 0.05], ids=["inotify", "polling"])
 def test_watched_mosaic_series_arrives_whole_once_and_in_order(tmp_path, poll, caplog):
     """Volume 5 is first written as the real truncated file and completed two volumes
-    later; volumes 2 and 7 are written in pieces; foreign files appear in between."""
+    later; volumes 2 and 7 are written in pieces; foreign files appear in between.
+    """
     notes = tmp_path / "notes.txt"
     notes.write_text("scanner log\n")
     plan = mosaic_plan(in_pieces={2, 7}, late={4: 2}, cut=TRUNCATED_DICOM.stat().st_size,
@@ -134,7 +135,8 @@ def ge_plan(tmp_path, **changes) -> ExportPlan:
 def test_watched_per_slice_series_with_slices_out_of_order(tmp_path, caplog):
     """GE MR750, 10 volumes of 15 slice files: slices shuffled within each volume, volume 3
     in pieces, volume 1's first file cut short and completed after volume 3, a localizer and
-    another series' image dropped in."""
+    another series' image dropped in.
+    """
     plan = ge_plan(tmp_path, shuffle_slices=True, in_pieces={3}, late={1: 2}, seed=4)
     localizer, other = foreign_dicoms(tmp_path, plan.groups[0][0])
     plan.foreign = {2: localizer, 5: other}
@@ -153,7 +155,8 @@ def test_watched_per_slice_series_with_slices_out_of_order(tmp_path, caplog):
 
 def test_patient_identity_never_leaves_the_bridge(tmp_path):
     """A series whose DICOM carries a patient's name, ID and birth date (also in the file
-    names): none of it is in what the bridge sends or in anything the server writes."""
+    names): none of it is in what the bridge sends or in anything the server writes.
+    """
     name, patient_id, birth = "Doe^Jane", "PID7788123", "19711231"
     source = tmp_path / "named"
     source.mkdir()
@@ -224,7 +227,8 @@ def start_server(processes, out):
 
 def test_send_watch_command_follows_a_live_folder(tmp_path, processes):
     """`rtserver serve` and `rtserver send --watch` as separate processes while a scanner
-    writes the real series: every volume recorded, in order, and both exit 0."""
+    writes the real series: every volume recorded, in order, and both exit 0.
+    """
     from .conftest import command
 
     server, volumes = start_server(processes, tmp_path / "out")
@@ -288,7 +292,8 @@ def wait_until(condition, timeout: float = 30.0) -> bool:
 
 def test_watched_parrec_dumps_wait_for_their_rec(tmp_path):
     """Philips PAR/REC dumps: each PAR is written before its REC, and the REC in pieces; the
-    PAR is read once its REC is whole."""
+    PAR is read once its REC is whole.
+    """
     folder = SHARED_DATA / "dicom" / "pyneal_3vendor_3vol" / "Philips_env" / "funcData" / "0001"
     if not folder.exists():
         pytest.skip(f"{folder} is absent: the PAR/REC dumps live in ../shared/data")

@@ -175,8 +175,10 @@ class Pipeline:
         return self
 
     def _patterns(self, psc: np.ndarray) -> np.ndarray:
-        """Decoder features from the signal model's output (:data:`FEATURES`): each ROI
-        voxel's percent signal change minus its ROI's mean over voxels, then the ROI means.
+        """Decoder features from the signal model's output (:data:`FEATURES`).
+
+        Each ROI voxel's percent signal change minus its ROI's mean over voxels, then the
+        ROI means.
 
         Centring removes the ROI's overall response from its voxels, so that the voxels
         carry the multivoxel pattern and the ROI means the response's size: a decoder then
@@ -192,8 +194,10 @@ class Pipeline:
         return out
 
     def _signal_model(self, tr: float) -> SignalModel:
-        """The signal model: the decoder's training settings if there is one (the features
-        must be computed as in training), else ``[signal]``."""
+        """The signal model, with the decoder's training settings if there is one.
+
+        The features must be computed as in training; without a decoder ``[signal]``.
+        """
         settings = dict(vars(self.config.signal))
         if self.decoder is not None:
             trained = dict(self.decoder.settings.get("signal", {}))

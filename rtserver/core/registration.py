@@ -72,8 +72,11 @@ class RegistrationQuality:
     min_dice: float
 
     def to_dict(self, timing: bool = True) -> dict:
-        """Rounded values for JSON (session file; the model card leaves the timing out so
-        that retraining writes the same card)."""
+        """Rounded values for JSON.
+
+        The session file keeps the timing; the model card leaves it out, so that retraining
+        writes the same card.
+        """
         return {k: round(v, 4) for k, v in asdict(self).items() if timing or k != "seconds"}
 
 
