@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtserver.bids import prefix as bids_prefix
 from rtserver.errors import TransportError
 from rtserver.resources import demo_model_path
 from rtserver.train.demo_model import GROUP, SEED, SUBJECT
@@ -125,7 +126,7 @@ def run_demo(out: Path, speed: float = 8.0, display: bool = True, timeout: float
 
 def _print_summary(out: Path, output: Path, screenshots: Path, bids: Path,
                    display: bool) -> None:
-    feedback = output / f"{bids.prefix(SUBJECT, TASK, 1)}_desc-feedback_timeseries.tsv"
+    feedback = output / f"{bids_prefix(SUBJECT, TASK, 1)}_desc-feedback_timeseries.tsv"
     latencies = []
     if feedback.exists():
         with feedback.open(newline="") as handle:
