@@ -240,45 +240,66 @@ def watch_and_send(folder: str | Path, send: Callable[[Volume], object], *,
     assembler = SeriesAssembler(n_slices=n_slices, missing_after=missing_after,
                                 series_number=series_number, first_hold=FIRST_HOLD_SECONDS,
                                 tr=tr, default_tr=DEFAULT_TR_SECONDS)
-    report = WatchReport()
-    last_activity = time.monotonic()
-    skipped: dict[str, str] = {}  # unreadable or foreign files (watched, should they change)
-    rejected: dict[str, str] = {}  # readable files of another series, repeats, late volumes
-
-    def deliver(volumes: list[Volume]) -> None:
-        for volume in volumes:
-            send(volume)
-            report.n_sent += 1
-            report.latencies_ms.append((time.time() - volume.t_file_complete) * 1000.0)
-            if progress is not None:
-                progress.update(1)
-
-    def done() -> bool:
-        if stop is not None and stop.is_set():
-            return True
-        if n_volumes is not None and report.n_sent + len(assembler.missing) >= n_volumes:
-            return True
-        return (idle_timeout is not None and report.n_sent > 0
-                and time.monotonic() - last_activity > idle_timeout)
-
+    run = _Run(send, progress, stop, n_volumes, idle_timeout)
     try:
-        while not done():
+        while not run.done(assembler):
             for path, t_ready in watcher.ready(timeout=0.2):
-                if _take_file(path, t_ready, file_format, watcher, assembler, skipped, rejected):
-                    report.n_files += 1
-                    last_activity = time.monotonic()
+                if _take_file(path, t_ready, file_format, watcher, assembler, run.skipped, run.rejected):
+                    run.report.n_files += 1
+                    run.last_activity = time.monotonic()
             # After the whole batch: files found together (e.g. already in the folder when
             # the watch began) all count before the first volume goes.
-            deliver(assembler.pop_ready(time.time()))
-        deliver(assembler.flush())
+            run.deliver(assembler.pop_ready(time.time()))
+        run.deliver(assembler.flush())
     finally:
         watcher.stop()
-    report.n_skipped = len(skipped) + len(rejected)
-    report.missing = list(assembler.missing)
-    incomplete = watcher.n_waiting - len(skipped)
-    if incomplete > 0:
-        log.warning("%d files never became complete", incomplete)
-    return report
+    return run.finish(watcher, assembler)
+
+
+@dataclass
+class _Run:
+    """The state of one watched run: its report so far, its last file, and the files not used."""
+
+    send: Callable[[Volume], object]
+    progress: object | None
+    stop: threading.Event | None
+    n_volumes: int | None
+    idle_timeout: float | None
+    report: WatchReport = field(default_factory=WatchReport)
+    #: When the run began or last read a file (monotonic seconds).
+    last_activity: float = field(default_factory=time.monotonic)
+    #: Unreadable or foreign files, with the reason (watched, should they change).
+    skipped: dict[str, str] = field(default_factory=dict)
+    #: Readable files of another series, repeats, late volumes, with the reason.
+    rejected: dict[str, str] = field(default_factory=dict)
+
+    def deliver(self, volumes: list[Volume]) -> None:
+        """Send released volumes, noting each one's latency from its file being complete."""
+        for volume in volumes:
+            self.send(volume)
+            self.report.n_sent += 1
+            self.report.latencies_ms.append((time.time() - volume.t_file_complete) * 1000.0)
+            if self.progress is not None:
+                self.progress.update(1)
+
+    def done(self, assembler: SeriesAssembler) -> bool:
+        """Tell whether the run should end: stopped, every volume accounted for, or idle too long."""
+        if self.stop is not None and self.stop.is_set():
+            return True
+        if self.n_volumes is not None and self.report.n_sent + len(assembler.missing) >= self.n_volumes:
+            return True
+        return (self.idle_timeout is not None and self.report.n_sent > 0
+                and time.monotonic() - self.last_activity > self.idle_timeout)
+
+    def finish(self, watcher: FolderWatcher, assembler: SeriesAssembler) -> WatchReport:
+        """Complete the report once the watch has stopped (warning of files that never became whole)."""
+        report = self.report
+        report.n_skipped = len(self.skipped) + len(self.rejected)
+        report.missing = list(assembler.missing)
+        incomplete = watcher.n_waiting - len(self.skipped)
+        if incomplete > 0:
+            log.warning("%d files never became complete", incomplete)
+        return report
 
 
 def _take_file(path: Path, t_ready: float, file_format: str | None, watcher: FolderWatcher,

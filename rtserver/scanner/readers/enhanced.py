@@ -74,6 +74,17 @@ def enhanced_pieces(path: Path, dataset: Dataset, image: Common, frames: np.ndar
     if len(per_frame) != image.n_frames:
         raise InputError(f"{path} states {image.n_frames} frames but describes {len(per_frame)} in its "
                          f"PerFrameFunctionalGroupsSequence.")
+    geometry, scaling, volumes = _describe_frames(path, dataset, image, per_frame)
+    pieces = []
+    for volume_key in sorted(set(volumes)):
+        members = [index for index, key in enumerate(volumes) if key == volume_key]
+        pieces.append(_enhanced_volume(path, image, frames, geometry, scaling, members, volume_key, kind))
+    return pieces
+
+
+def _describe_frames(path: Path, dataset: Dataset, image: Common, per_frame: list[Dataset]
+                     ) -> tuple[_Geometry, list[tuple[float, float]], list[int]]:
+    """Read each frame's plane, position, scaling (slope, intercept) and volume number."""
     shared_items = items_of(dataset, "SharedFunctionalGroupsSequence")
     shared = shared_items[0] if shared_items else None
     precise = philips_scale(dataset) if image.manufacturer.startswith("PHILIPS") else None
@@ -108,12 +119,7 @@ def enhanced_pieces(path: Path, dataset: Dataset, image: Common, frames: np.ndar
         volumes.append(temporal if temporal is not None else default_volume)
     if any(len(position) != 3 for position in positions):
         raise InputError(f"{path}: every frame should state ImagePositionPatient as 3 numbers.")
-    geometry = (bases, np.array(positions, dtype=np.float64), stated_spacing or 1.0)
-    pieces = []
-    for volume_key in sorted(set(volumes)):
-        members = [index for index, key in enumerate(volumes) if key == volume_key]
-        pieces.append(_enhanced_volume(path, image, frames, geometry, scaling, members, volume_key, kind))
-    return pieces
+    return (bases, np.array(positions, dtype=np.float64), stated_spacing or 1.0), scaling, volumes
 
 
 def _enhanced_volume(path: Path, image: Common, frames: np.ndarray, geometry: _Geometry,

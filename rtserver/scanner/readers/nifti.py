@@ -57,15 +57,42 @@ def read_nifti(path: Path, buf: bytes) -> list[Piece]:
     InputError
         If the gzip stream or the header is broken, or the voxels cannot be read.
     """
-    gzipped = buf[:2] == b"\x1f\x8b"
-    if gzipped:
-        try:
-            buf = gzip.decompress(buf)
-        except EOFError:
-            raise IncompleteFileError(f"{path} ends before its gzip stream does: it is probably still "
-                                      f"being written; try again later.") from None
-        except (OSError, zlib.error) as exc:
-            raise InputError(f"{path} is a broken gzip stream: {exc}") from None
+    raw, gzipped = _gunzipped(path, buf)
+    image = _whole_image(path, raw, gzipped)
+    data = nifti_volumes(image, path)
+    if data.shape[3] == 1 and _is_mask(data):
+        raise ForeignFileError(f"{path} holds only values in [0, 1]: a mask or probability map, not an "
+                               f"fMRI volume; skipped.")
+    pattern, number = series_pattern(path)
+    series = series_digest("nifti", f"{path.parent.resolve()}/{pattern}")
+    tr = nifti_tr(image, path)
+    affine = image.affine
+    if data.shape[3] == 1:
+        return [Piece("nifti", series, None, number or 0, None, data.shape[2],
+                      np.ascontiguousarray(data[..., 0]), affine, tr)]
+    return [Piece("nifti", series, None, index, None, data.shape[2], np.ascontiguousarray(data[..., index]),
+                  affine, tr) for index in range(data.shape[3])]
+
+
+def _gunzipped(path: Path, buf: bytes) -> tuple[bytes, bool]:
+    """Uncompress a gzipped file's bytes (others pass as they are); say whether they were gzipped."""
+    if buf[:2] != b"\x1f\x8b":
+        return buf, False
+    try:
+        return gzip.decompress(buf), True
+    except EOFError:
+        raise IncompleteFileError(f"{path} ends before its gzip stream does: it is probably still "
+                                  f"being written; try again later.") from None
+    except (OSError, zlib.error) as exc:
+        raise InputError(f"{path} is a broken gzip stream: {exc}") from None
+
+
+def _whole_image(path: Path, buf: bytes, gzipped: bool) -> NiftiImage:
+    """Make an image of a NIfTI file's (uncompressed) bytes once they hold its header and every voxel.
+
+    IncompleteFileError while they do not; ForeignFileError for a shape that is no volume or
+    run; InputError for a broken header or voxels nibabel cannot read.
+    """
     version = nifti_version(buf)
     image_class = nib.Nifti2Image if version == 2 else nib.Nifti1Image
     header_size = 544 if version == 2 else 352
@@ -84,22 +111,9 @@ def read_nifti(path: Path, buf: bytes) -> list[Piece]:
                                   f"being written; try again later.")
     nifti_n_volumes(shape, path)
     try:
-        image = image_class.from_bytes(buf)
+        return image_class.from_bytes(buf)
     except Exception as exc:  # nibabel raises many types on broken files
         raise InputError(f"Cannot read the voxels of {path}: {exc}") from None
-    data = nifti_volumes(image, path)
-    if data.shape[3] == 1 and _is_mask(data):
-        raise ForeignFileError(f"{path} holds only values in [0, 1]: a mask or probability map, not an "
-                               f"fMRI volume; skipped.")
-    pattern, number = series_pattern(path)
-    series = series_digest("nifti", f"{path.parent.resolve()}/{pattern}")
-    tr = nifti_tr(image, path)
-    affine = image.affine
-    if data.shape[3] == 1:
-        return [Piece("nifti", series, None, number or 0, None, data.shape[2],
-                      np.ascontiguousarray(data[..., 0]), affine, tr)]
-    return [Piece("nifti", series, None, index, None, data.shape[2], np.ascontiguousarray(data[..., index]),
-                  affine, tr) for index in range(data.shape[3])]
 
 
 def load_nifti(path: Path) -> NiftiImage:

@@ -62,19 +62,45 @@ def read_parrec(path: Path, buf: bytes) -> list[Piece]:
         If nibabel cannot read the PAR, or the pair, or the PAR holds several images per
         slice and dynamic of one type (echoes, phases, ...).
     """
-    from nibabel import parrec
-
     header = _parse_par(path, buf)
     rec = _whole_rec(path, header)
+    chosen_type, line_dynamic, info = _chosen_images(header)
+    affine, labels, data = _read_pair(path, rec, info, header.image_defs)
+    kept, dynamics = _kept_volumes(path, labels, data.shape[3], chosen_type, line_dynamic)
+    pattern, _ = series_pattern(path)
+    series = series_digest("parrec", f"{path.parent.resolve()}/{pattern}")
+    one_dynamic = len(kept) == 1 and int(dynamics[kept[0]]) == 1 and int(info["max_dynamics"]) <= 1
+    acquisition = int(info.get("acq_nr", 0))
+    tr = _par_tr(info)
+    n_slices = int(info["max_slices"]) or None
+    return [Piece("parrec", series, None, acquisition if one_dynamic else int(dynamics[index]), None,
+                  n_slices, np.ascontiguousarray(data[..., index], dtype=np.float32), affine, tr)
+            for index in kept]
+
+
+def _chosen_images(header: PARRECHeader) -> tuple[int, int, dict]:
+    """Choose the image type to read: the type, the dynamic of its first image line, and the geometry.
+
+    The general information of real-time dumps is all zeros, so the returned copy of it takes
+    its angulation and off-centre from the image lines of the chosen type (the off-centre
+    averaged over the slices of its lowest dynamic).
+    """
     defs = header.image_defs
     types = sorted(set(defs["image_type_mr"].tolist()))
     chosen_type = 0 if 0 in types else types[0]
     chosen = defs[defs["image_type_mr"] == chosen_type]
     info = dict(header.general_info)
     first_dynamic = chosen[chosen["dynamic scan number"] == chosen["dynamic scan number"].min()]
-    # The general information of real-time dumps is all zeros; the image lines hold the geometry.
     info["angulation"] = np.asarray(chosen["image angulation"][0], dtype=np.float64)
     info["off_center"] = np.asarray(first_dynamic["image offcentre"], dtype=np.float64).mean(axis=0)
+    return chosen_type, int(chosen["dynamic scan number"][0]), info
+
+
+def _read_pair(path: Path, rec: Path, info: dict,
+               defs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Read a PAR/REC pair's scanner affine, volume labels and display values (i, j, k, volumes)."""
+    from nibabel import parrec
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -88,22 +114,23 @@ def read_parrec(path: Path, buf: bytes) -> list[Piece]:
         raise InputError(f"{path} cannot be read with its REC: {exc}") from None
     if data.ndim == 3:
         data = data[..., np.newaxis]
-    n_volumes = data.shape[3]
+    return affine, labels, data
+
+
+def _kept_volumes(path: Path, labels: dict[str, np.ndarray], n_volumes: int, chosen_type: int,
+                  line_dynamic: int) -> tuple[list[int], np.ndarray]:
+    """Pick the volumes of the chosen type, with every volume's dynamic; InputError on other labels.
+
+    nibabel leaves out a label that does not vary; then every volume has ``chosen_type`` and
+    ``line_dynamic``.
+    """
     types_per_volume = labels.pop("image_type_mr", np.full(n_volumes, chosen_type))
-    dynamics = labels.pop("dynamic scan number", np.full(n_volumes, int(chosen["dynamic scan number"][0])))
+    dynamics = labels.pop("dynamic scan number", np.full(n_volumes, line_dynamic))
     if labels:
         raise InputError(f"{path} holds several {', '.join(labels)} per dynamic; this reader reads one "
                          f"image per slice and dynamic.")
-    pattern, _ = series_pattern(path)
-    series = series_digest("parrec", f"{path.parent.resolve()}/{pattern}")
     kept = [index for index in range(n_volumes) if types_per_volume[index] == chosen_type]
-    one_dynamic = len(kept) == 1 and int(dynamics[kept[0]]) == 1 and int(info["max_dynamics"]) <= 1
-    acquisition = int(info.get("acq_nr", 0))
-    tr = _par_tr(info)
-    n_slices = int(info["max_slices"]) or None
-    return [Piece("parrec", series, None, acquisition if one_dynamic else int(dynamics[index]), None,
-                  n_slices, np.ascontiguousarray(data[..., index], dtype=np.float32), affine, tr)
-            for index in kept]
+    return kept, dynamics
 
 
 def _parse_par(path: Path, buf: bytes) -> PARRECHeader:
