@@ -176,3 +176,52 @@ def test_replay_of_a_run_stating_no_tr_names_the_tr_setting(tmp_path):
         open_source(path)
     assert raised.value.setting == "tr"
     assert len(open_source(path, tr=1.0)) == 4
+
+
+@pytest.mark.parametrize(("suffix", "dtype", "slope", "inter"), [
+    (".nii.gz", "<i2", 1.0, 0.0), (".nii", "<i2", 0.37, 12.5), (".nii.gz", ">i2", 0.1, 0.0),
+    (".nii.gz", "u1", 2.0, -3.0), (".nii", "<f4", 1.0, 0.0), (".nii.gz", "<f8", 3.3, 1.1)])
+def test_streamed_volumes_equal_the_whole_run_read_at_once(tmp_path, suffix, dtype, slope, inter):
+    """Replay streams a 4D file volume by volume; the values and types are nibabel's own
+    whole-image read with its scaling (``np.asarray(dataobj, dtype)`` / unscaled).
+    """
+    rng = np.random.default_rng(3)
+    data = (rng.random((5, 6, 4, 7)) * 100).astype(np.dtype(dtype))
+    image = nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.5, 1.0]))
+    image.header.set_slope_inter(slope, inter)
+    image.header.set_zooms((3.0, 3.0, 3.5, 2.0))
+    path = tmp_path / f"run{suffix}"
+    nib.save(image, path)
+    loaded = nib.load(path)
+    identity = slope == 1.0 and inter == 0.0
+    expected = (np.asanyarray(loaded.dataobj.get_unscaled()) if identity
+                else np.asarray(loaded.dataobj, dtype=np.float32))
+    volumes = list(open_source(path))
+    assert len(volumes) == 7
+    for volume in volumes:
+        assert volume.data.dtype == expected.dtype
+        assert np.array_equal(volume.data, expected[..., volume.index])
+
+
+def test_a_long_run_is_streamed_not_held_whole(tmp_path):
+    """Iterating a 120-volume .nii.gz holds about one volume, not the run (tracemalloc
+    counts numpy's buffers).
+    """
+    import tracemalloc
+
+    shape = (64, 64, 36)
+    one_volume = int(np.prod(shape)) * 2
+    rng = np.random.default_rng(0)
+    path = tmp_path / "long_bold.nii.gz"
+    data = rng.integers(0, 2000, size=(*shape, 120), dtype=np.int16)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    del data
+    source = open_source(path, tr=2.0)
+    tracemalloc.start()
+    count = 0
+    for volume in source:
+        count += int(volume.data.shape == shape)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 120
+    assert peak < 6 * one_volume, f"peak {peak / 1e6:.1f} MB for {one_volume / 1e6:.2f} MB volumes"

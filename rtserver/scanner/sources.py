@@ -25,6 +25,7 @@ import numpy as np
 from rtserver.errors import IncompleteFileError, InputError
 from rtserver.scanner.assembly import SeriesAssembler
 from rtserver.scanner.readers import (
+    iter_nifti_volumes,
     load_nifti,
     nifti_n_volumes,
     nifti_tr,
@@ -155,10 +156,9 @@ def _nifti4d_source(path: Path, tr: float | None) -> VolumeSource:
     affine = image.affine
 
     def load() -> Iterator[Volume]:
-        data = nifti_volumes(image, path)
-        for index in range(n_volumes):
+        for index, data in enumerate(iter_nifti_volumes(image, path)):
             yield Volume(
-                data=np.ascontiguousarray(data[..., index]),
+                data=np.ascontiguousarray(data),
                 affine=affine,
                 index=index,
                 tr=repetition,

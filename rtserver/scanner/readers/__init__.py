@@ -34,7 +34,14 @@ folder and the file-name pattern.
 """
 
 from rtserver.scanner.readers.dispatch import is_complete_file, read_file
-from rtserver.scanner.readers.nifti import load_nifti, nifti_n_volumes, nifti_tr, nifti_volumes, sidecar_tr
+from rtserver.scanner.readers.nifti import (
+    iter_nifti_volumes,
+    load_nifti,
+    nifti_n_volumes,
+    nifti_tr,
+    nifti_volumes,
+    sidecar_tr,
+)
 from rtserver.scanner.readers.pieces import FORMATS, KINDS, Piece
 
 __all__ = [
@@ -42,6 +49,7 @@ __all__ = [
     "KINDS",
     "Piece",
     "is_complete_file",
+    "iter_nifti_volumes",
     "load_nifti",
     "nifti_n_volumes",
     "nifti_tr",

@@ -14,16 +14,19 @@ import io
 import json
 import re
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.volumeutils import apply_read_scaling
 
 from rtserver.errors import ForeignFileError, IncompleteFileError, InputError
 from rtserver.scanner.readers.pieces import Piece, series_digest, series_pattern
 from rtserver.scanner.readers.sniff import nifti_version
 
-__all__ = ["NiftiImage", "load_nifti", "nifti_n_volumes", "nifti_tr", "nifti_volumes", "read_nifti",
+__all__ = ["NiftiImage", "iter_nifti_volumes", "load_nifti", "nifti_n_volumes", "nifti_tr", "nifti_volumes",
+           "read_nifti",
            "sidecar_tr"]
 
 #: A NIfTI-1 or NIfTI-2 image as nibabel holds it.
@@ -175,6 +178,67 @@ def nifti_n_volumes(shape: tuple[int, ...], path: Path) -> int:
                            f"volume (3D) or run (4D).")
 
 
+def _identity_scaling(dataobj: object) -> bool:
+    """Whether nibabel would leave a proxy's stored values unscaled."""
+    slope, intercept = dataobj.slope, dataobj.inter
+    return (slope is None or not np.isfinite(slope) or slope in (0.0, 1.0)) and (
+        intercept is None or not np.isfinite(intercept) or intercept == 0.0)
+
+
+def _as_float32_if_exact(value: object) -> np.ndarray:
+    """A scale factor as nibabel applies it for float32 output (float32 where castable)."""
+    array = np.asanyarray(value)
+    return array.astype(np.float32) if np.can_cast(array, np.float32) else array
+
+
+def iter_nifti_volumes(image: NiftiImage, path: Path) -> Iterator[np.ndarray]:
+    """Read a NIfTI image's volumes one at a time, holding one volume in memory.
+
+    The file is opened once and read forward (a ``.nii.gz`` is decompressed as a stream),
+    so a long run costs one volume of memory and one pass over the file. Values are those
+    of :func:`nifti_volumes`: stored values without scaling, else float32 values scaled
+    by ``scl_slope`` and ``scl_inter`` as nibabel scales them.
+
+    Parameters
+    ----------
+    image : nibabel.Nifti1Image or nibabel.Nifti2Image
+        The image (:func:`load_nifti`); its shape must be one :func:`nifti_n_volumes`
+        accepts.
+    path : Path
+        Its file.
+
+    Yields
+    ------
+    numpy.ndarray
+        Each volume, 3D, Fortran-ordered as stored.
+
+    Raises
+    ------
+    InputError
+        If the file ends before its last volume.
+    """
+    dataobj = image.dataobj
+    shape3 = tuple(int(n) for n in image.shape[:3])
+    n_volumes = nifti_n_volumes(image.shape, path)
+    dtype = np.dtype(dataobj.dtype)
+    n_bytes = int(np.prod(shape3)) * dtype.itemsize
+    identity = _identity_scaling(dataobj)
+    slope, intercept = (_as_float32_if_exact(v) for v in (dataobj.slope, dataobj.inter))
+    with nib.openers.ImageOpener(path) as handle:
+        handle.seek(int(dataobj.offset))
+        for index in range(n_volumes):
+            buf = handle.read(n_bytes)
+            if len(buf) < n_bytes:
+                raise InputError(f"{path} ends in volume {index} of {n_volumes}: "
+                                 f"{len(buf)} of its {n_bytes} bytes are there.")
+            raw = np.frombuffer(buf, dtype=dtype).reshape(shape3, order="F")
+            if identity:
+                yield raw
+            else:
+                scaled = apply_read_scaling(raw, slope, intercept)
+                yield scaled.astype(np.float32, copy=False)
+
+
 def nifti_volumes(image: NiftiImage, path: Path) -> np.ndarray:
     """Read the voxel values of a NIfTI image, as volumes along a fourth axis.
 
@@ -200,9 +264,7 @@ def nifti_volumes(image: NiftiImage, path: Path) -> np.ndarray:
         If nibabel cannot read the voxels.
     """
     dataobj = image.dataobj
-    slope, intercept = dataobj.slope, dataobj.inter
-    identity = (slope is None or not np.isfinite(slope) or slope in (0.0, 1.0)) and (
-        intercept is None or not np.isfinite(intercept) or intercept == 0.0)
+    identity = _identity_scaling(dataobj)
     try:
         data = np.asanyarray(dataobj.get_unscaled()) if identity else np.asarray(dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises many types on broken files
