@@ -180,13 +180,6 @@ class EventsLog:
         os.replace(partial, self.path)
 
 
-def write_json(path: Path, content: dict[str, Any]) -> None:
-    """Write ``content`` as indented JSON, atomically, replacing ``path`` if it exists."""
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-
-
 def write_new_json(path: Path, content: dict[str, Any]) -> None:
     """Write ``content`` as indented JSON to a new file, atomically; never replace one.
 

@@ -304,6 +304,18 @@ def test_a_completed_run_is_refused_before_anything_is_written(tmp_path, paradig
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
+def test_the_command_refuses_a_completed_run_in_one_line_before_any_window(tmp_path):
+    from .test_display import one_line_error, run_cli, without_screen
+
+    files = RunFiles(tmp_path, "sub-01_task-regulation_run-1")
+    write_attempt(files.events, FIRST, attempt=1, finish=True)
+    summary_file(files, 1, "paradigm_end")
+    line = one_line_error(run_cli("--paradigm", "regulation", "--out", str(tmp_path),
+                                  env=without_screen()))
+    assert f"The run in {files.events} is complete (attempt 1 ended by paradigm_end)" in line
+    assert "Cannot open a window" not in line
+
+
 def test_run_outputs_of_a_second_attempt_go_to_new_files(tmp_path):
     files = RunFiles(tmp_path, "sub-01_task-rejoin_run-1")
     first = RunOutputs(files, 1)
