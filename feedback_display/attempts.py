@@ -144,18 +144,18 @@ def summary_ended_by(path: Path) -> str | None:
     return ended_by if isinstance(ended_by, str) else None
 
 
-def find_attempt(files: RunFiles) -> Attempt:
+def find_attempt(files: RunFiles | None) -> Attempt:
     """The number of the attempt starting now, and whether it rejoins a run going on.
 
     Parameters
     ----------
-    files : RunFiles
-        The run's outputs (the folder need not exist).
+    files : RunFiles or None
+        The run's outputs (the folder need not exist); None when nothing is written.
 
     Returns
     -------
     Attempt
-        Number 1 without earlier outputs.
+        Number 1 without earlier outputs (or without ``files``).
 
     Raises
     ------
@@ -163,6 +163,8 @@ def find_attempt(files: RunFiles) -> Attempt:
         If the events file has other columns, or the latest earlier attempt completed the
         run.
     """
+    if files is None:
+        return Attempt()
     run_started = files.events.exists()
     numbers = events_attempts(files.events) if run_started else []
     if run_started:

@@ -16,9 +16,8 @@ The drawing thread (the main thread) owns the window. A run goes through four ph
    replay faster than real time) moves the schedule forward to it;
 4. **rating after** (if asked for and the run was not aborted).
 
-A display started while the run is going skips 1 and 2: it rejoins the run at the volume
-of its first feedback event (:mod:`feedback_display.rejoin`), and appends to what an
-earlier attempt wrote (:mod:`feedback_display.attempts`).
+A display started while the run is going skips 1 and 2 and rejoins it at the volume of its
+first feedback event (:mod:`~feedback_display.rejoin`, :mod:`~feedback_display.attempts`).
 
 Each frame the loop drains the subscriber's queue (never waiting on it), draws, optionally
 grabs a screenshot from the back buffer, paces itself when the screen has no vsync, flips,
@@ -42,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from feedback_display.attempts import Attempt, RunFiles, find_attempt
+from feedback_display.attempts import RunFiles, find_attempt
 from feedback_display.events import EventRows, rating_row
 from feedback_display.feedback_state import DEFAULT_STALE_TRS, BarState, FeedbackState
 from feedback_display.options import DisplayOptions
@@ -65,6 +64,8 @@ __all__ = ["DisplayOptions", "FeedbackDisplay", "RunResult"]
 log = logging.getLogger(__name__)
 _WAITING_FOR = {"auto": "trigger or the server's first volume", "trigger": "trigger",
                 "server": "server's first volume"}
+_STARTED = {"trigger": "run started by the trigger", "server": "run started by the server",
+            "rejoin": "rejoined the run"}
 
 class _Stop(Exception):
     """Escape or a stop request: end the run where it is (never leaves this module)."""
@@ -97,8 +98,7 @@ class FeedbackDisplay:
     ConfigError
         If the cue picture folder lacks a category the paradigm shows.
     DisplayError
-        If an output folder cannot be created, or holds the events of this run with other
-        columns or of a run that was complete (see :func:`~feedback_display.attempts.find_attempt`).
+        If an output folder cannot be created, or is refused by :func:`.attempts.find_attempt`.
 
     Attributes
     ----------
@@ -124,12 +124,10 @@ class FeedbackDisplay:
         self.picture_files = find_pictures(folder, categories)
         self.picture_folder = picture_folder(folder)
         self._window = DisplayWindow(self.options.fullscreen, self.options.window_size)
-        self._out: RunOutputs | None = None
         make_folders(self.options.out, self.options.screenshots)
-        self._files = None if self.options.out is None else RunFiles(
-            Path(self.options.out), bids.prefix(self.options.subject, paradigm.task,
-                                                self.options.run))
-        self.attempt = Attempt() if self._files is None else find_attempt(self._files)
+        prefix = bids.prefix(self.options.subject, paradigm.task, self.options.run)
+        self._files = None if self.options.out is None else RunFiles(Path(self.options.out), prefix)
+        self.attempt = find_attempt(self._files)
 
     # ----------------------------------------------------------------- setup and teardown
     @property
@@ -263,7 +261,7 @@ class FeedbackDisplay:
         t_flip = self._window.flip(self._pacer)
         self._frame_log.flipped(t_flip, self._in_run, vsync=self._pacer.paced_by == "vsync")
         for row in self._rows.flipped(t_flip):
-            self._out.add(row)
+            self._log_row(row)
         return t_flip
 
     def _calibrate_pacing(self) -> None:
@@ -324,13 +322,11 @@ class FeedbackDisplay:
         """The run starts at ``t0``: open the events file, write the rows before it."""
         self._t0 = t0
         self._start_info = RunStart(started_by, time.time() - (time.monotonic() - t0), volume)
-        if started_by == "rejoin":
-            log.info("rejoined the run at volume %d (attempt %d)", volume, self.attempt.number)
-        else:
-            log.info("run started by the %s at volume %d", started_by, volume)
+        log.info("%s at volume %d (attempt %d)", _STARTED[started_by], volume,
+                 self.attempt.number)
         self._out.start_events()
         for row in self._rows.start(t0):
-            self._out.add(row)
+            self._log_row(row)
 
     # ----------------------------------------------------------------- ratings and waiting
     def _rate_outside_run(self, trial_type: str) -> None:
@@ -385,10 +381,7 @@ class FeedbackDisplay:
 
     def _draw_waiting(self) -> None:
         """The screen before the run: the waiting text, or a fixation cross when rejoining."""
-        if self._rule.rejoining:
-            self.screens.draw_cross()
-        else:
-            self.screens.waiting.draw()
+        (self.screens.draw_cross if self._rule.rejoining else self.screens.waiting.draw)()
 
     # ----------------------------------------------------------------- the paradigm
     def _run_paradigm(self) -> str:
@@ -398,10 +391,7 @@ class FeedbackDisplay:
                  "measured" if self._pacer.paced_by == "vsync" else "software pacing")
         self._schedule = schedule = FrameSchedule(self.paradigm, self._period, self._t0)
         if self._start_info.started_by == "rejoin":
-            point = rejoin_point(schedule, self._start_info.volume)
-            log.info("joined block %d (%s) %d frames after its onset, at frame %d",
-                     point.block_index + 1, self.paradigm.blocks[point.block_index].trial_type,
-                     point.frame_in_block, point.frame)
+            log.info("joined %s", rejoin_point(schedule, self._start_info.volume).describe())
         self._timeline = Timeline(schedule, {
             category: [stim_file(category, path) for path in paths]
             for category, paths in self.picture_files.items()})
@@ -485,6 +475,10 @@ class FeedbackDisplay:
         self._rows.end_at_next_flip()
 
     # ----------------------------------------------------------------- outputs
+    def _log_row(self, row: dict[str, Any]) -> None:
+        """Write a finished row (with ``out``, once the run started)."""
+        self._out.add(row)
+
     def _save_screenshot(self, names: list[str]) -> None:
         """Grab the frame drawn so far; write it on the writer thread under each name."""
         log.debug("screenshot %s", ", ".join(names))
@@ -493,7 +487,7 @@ class FeedbackDisplay:
     def _finish(self, ended_by: str) -> dict[str, Any]:
         """End the rows on screen, write the events and the summary; return the summary."""
         for row in self._rows.close(time.monotonic()):  # on screen until now
-            self._out.add(row)
+            self._log_row(row)
         summary = run_summary(
             self.paradigm, self.options, ended_by, self._start_info, self._feedback,
             self._bar, self._frame_log, period=self._period, paced_by=self._pacer.paced_by,

@@ -84,12 +84,20 @@ class RejoinPoint:
         The 0-based paradigm block that frame belongs to.
     frame_in_block : int
         Frames from that block's onset to ``frame``.
+    trial_type : str
+        That block's ``trial_type``.
     """
 
     volume: int
     frame: int
     block_index: int
     frame_in_block: int
+    trial_type: str
+
+    def describe(self) -> str:
+        """One line for the log: the block, how far into it, the frame."""
+        return (f"block {self.block_index + 1} ({self.trial_type}) {self.frame_in_block} "
+                f"frames after its onset, at frame {self.frame} (volume {self.volume})")
 
 
 def rejoin_point(schedule: FrameSchedule, volume: int) -> RejoinPoint:
@@ -110,4 +118,5 @@ def rejoin_point(schedule: FrameSchedule, volume: int) -> RejoinPoint:
     frame = schedule.frame_of_volume(volume)
     index = schedule.block_at(frame)
     return RejoinPoint(volume=volume, frame=frame, block_index=index,
-                       frame_in_block=frame - schedule.block_frames[index])
+                       frame_in_block=frame - schedule.block_frames[index],
+                       trial_type=schedule.paradigm.blocks[index].trial_type)

@@ -86,6 +86,8 @@ def test_rejoin_point_is_the_block_acquiring_the_volume(paradigm, volume):
     assert point.volume == volume
     assert point.frame == round(seconds * 60)
     assert point.block_index == block
+    assert point.trial_type == paradigm.blocks[block].trial_type
+    assert f"block {block + 1} ({point.trial_type})" in point.describe()
     assert point.frame_in_block == round(seconds * 60) - round(ONSETS[block] * 60)
     assert 0 <= point.frame_in_block < round((ONSETS[block + 1] - ONSETS[block]) * 60)
 
