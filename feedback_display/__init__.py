@@ -11,6 +11,10 @@ screen:
 - :mod:`feedback_display.schedule` -- the paradigm on a frame clock: block and cue onsets
   in whole frames, picture cycling, which block and result frame ``n`` shows,
   realignment to volumes ahead of the schedule.
+- :mod:`feedback_display.rejoin` -- what starts the run, and where a display joining a run
+  already going lands on its clock.
+- :mod:`feedback_display.attempts` -- what earlier starts of the display left in the
+  output folder: this attempt's number, whether it rejoins the run.
 - :mod:`feedback_display.feedback_state` -- the feedback received (latest value, censored,
   staleness, block means) and what the bar shows from it.
 - :mod:`feedback_display.rating` -- the rating scale's state (keys, answer, response time).
@@ -20,7 +24,7 @@ screen:
   them to the flip that removes them.
 - :mod:`feedback_display.summary` -- the run summary, ``*_desc-display.json``.
 - :mod:`feedback_display.outputs` -- the files: events, JSON and screenshots, written on a
-  background thread.
+  background thread; an earlier attempt's are appended to, never replaced.
 - :mod:`feedback_display.pictures` -- the cue picture folder, and the placeholder pictures
   the project draws itself (package data).
 - :mod:`feedback_display.screens` -- every PsychoPy stimulus (instructions, pictures,

@@ -73,8 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "localizer")
     parser.add_argument("--server", default=DEFAULT_SERVER, metavar="ADDR",
                         help=f"the server's feedback endpoint (default {DEFAULT_SERVER})")
+    parser.add_argument("--results", metavar="ADDR",
+                        help="the server's results endpoint: asked before the run whether "
+                             "volumes were processed (a restarted display then rejoins the "
+                             "run); default: not asked")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="write *_events.tsv and *_desc-display.json here")
+                        help="write *_events.tsv and *_desc-display.json here; a display "
+                             "restarted with the same folder appends and rejoins the run")
     parser.add_argument("--windowed", action="store_true",
                         help="a 1024x768 window instead of full screen")
     parser.add_argument("--screenshots", type=Path, metavar="DIR",
@@ -130,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         trigger_keys=args.trigger_key, left_keys=args.left_keys,
         right_keys=args.right_keys, confirm_keys=args.confirm_keys,
         stale_after=args.stale_after, skip_ratings=args.skip_ratings,
-        pictures=args.pictures,
+        pictures=args.pictures, results=args.results,
     )
     # The display is imported only now (PsychoPy only when the window opens): bad input
     # above fails fast, without opening a window.

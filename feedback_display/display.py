@@ -16,6 +16,9 @@ The drawing thread (the main thread) owns the window. A run goes through four ph
    replay faster than real time) moves the schedule forward to it;
 4. **rating after** (if asked for and the run was not aborted).
 
+A display started while the run is going skips 1 and 2 and rejoins it at the volume of its
+first feedback event (:mod:`~feedback_display.rejoin`, :mod:`~feedback_display.attempts`).
+
 Each frame the loop drains the subscriber's queue (never waiting on it), draws, optionally
 grabs a screenshot from the back buffer, paces itself when the screen has no vsync, flips,
 and gives every row that became visible on that frame its onset: the flip time minus the
@@ -38,21 +41,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from feedback_display.events import EventRows, events_sidecar, rating_row
+from feedback_display.attempts import RunFiles, find_attempt
+from feedback_display.events import EventRows, rating_row
 from feedback_display.feedback_state import DEFAULT_STALE_TRS, BarState, FeedbackState
 from feedback_display.options import DisplayOptions
-from feedback_display.outputs import (
-    BackgroundWriter,
-    EventsLog,
-    make_folders,
-    save_png,
-    write_json,
-)
+from feedback_display.outputs import RunOutputs, make_folders
 from feedback_display.pictures import SHIPPED_PICTURES, find_pictures, picture_folder, stim_file
 from feedback_display.rating import RatingScale
+from feedback_display.rejoin import StartRule, rejoin_point
 from feedback_display.schedule import FrameSchedule, Timeline, frames_of
 from feedback_display.screens import Screens
-from feedback_display.subscriber import Arrival, FeedbackSubscriber
+from feedback_display.subscriber import Arrival, FeedbackSubscriber, processed_volumes
 from feedback_display.summary import RunResult, RunStart, run_summary
 from feedback_display.timing import FrameLog, FramePacer
 from feedback_display.window import DisplayWindow
@@ -63,6 +62,10 @@ from rtserver.paradigm import Paradigm
 __all__ = ["DisplayOptions", "FeedbackDisplay", "RunResult"]
 
 log = logging.getLogger(__name__)
+_WAITING_FOR = {"auto": "trigger or the server's first volume", "trigger": "trigger",
+                "server": "server's first volume"}
+_STARTED = {"trigger": "run started by the trigger", "server": "run started by the server",
+            "rejoin": "rejoined the run"}
 
 class _Stop(Exception):
     """Escape or a stop request: end the run where it is (never leaves this module)."""
@@ -75,8 +78,9 @@ class _Stop(Exception):
 class FeedbackDisplay:
     """The participant display for one run.
 
-    The constructor checks everything that can be checked without a window (output folders,
-    the cue pictures the paradigm needs), so bad input fails before a window opens.
+    The constructor checks everything that can be checked without a window (output folders
+    and what earlier attempts at the run left in them, the cue pictures the paradigm needs),
+    so bad input fails before a window opens.
 
     Parameters
     ----------
@@ -94,7 +98,12 @@ class FeedbackDisplay:
     ConfigError
         If the cue picture folder lacks a category the paradigm shows.
     DisplayError
-        If an output folder cannot be created.
+        If an output folder cannot be created, or is refused by :func:`.attempts.find_attempt`.
+
+    Attributes
+    ----------
+    attempt : Attempt
+        This start's number among the starts for the run, and whether it rejoins it.
 
     Examples
     --------
@@ -115,8 +124,10 @@ class FeedbackDisplay:
         self.picture_files = find_pictures(folder, categories)
         self.picture_folder = picture_folder(folder)
         self._window = DisplayWindow(self.options.fullscreen, self.options.window_size)
-        self._writer: BackgroundWriter | None = None
         make_folders(self.options.out, self.options.screenshots)
+        prefix = bids.prefix(self.options.subject, paradigm.task, self.options.run)
+        self._files = None if self.options.out is None else RunFiles(Path(self.options.out), prefix)
+        self.attempt = find_attempt(self._files)
 
     # ----------------------------------------------------------------- setup and teardown
     @property
@@ -183,10 +194,13 @@ class FeedbackDisplay:
         try:
             subscriber.start()
         except BaseException:
-            self._writer.close()
+            self._out.close()
             raise
         self._subscriber = subscriber
         log.info("connected to %s", self.server)
+        results = self.options.results
+        self._rule = StartRule(self.options.start_on, self.attempt.rejoins or (
+            results is not None and bool(processed_volumes(results))))
         ended_by = "error"
         try:
             ended_by = self._run_phases()
@@ -201,7 +215,7 @@ class FeedbackDisplay:
         ratings, skip = self.paradigm.ratings, self.options.skip_ratings
         try:
             self._calibrate_pacing()
-            if ratings.before and not skip and self._t0 is None:
+            if self._rule.rating_before(ratings.before and not skip) and self._t0 is None:
                 self._rate_outside_run("rating_before")
             if self._t0 is None:
                 self._wait_for_start()
@@ -228,6 +242,7 @@ class FeedbackDisplay:
         self._rows = EventRows()
         self._t0: float | None = None
         self._start_info = RunStart()
+        self._rule = StartRule(opts.start_on)
         self._in_run = False
         self._schedule: FrameSchedule | None = None
         self._timeline: Timeline | None = None
@@ -235,9 +250,7 @@ class FeedbackDisplay:
         self._ratings: list[dict[str, Any]] = []
         self._shots: list[str] = []
         self._n_triggers = 0
-        self._n_screenshots = 0
-        self._writer = BackgroundWriter()
-        self._events_log: EventsLog | None = None
+        self._out = RunOutputs(self._files, self.attempt.number, opts.screenshots)
 
     # ----------------------------------------------------------------- frames
     def _present(self) -> float:
@@ -259,7 +272,7 @@ class FeedbackDisplay:
         """
         while not self._pacer.calibrated:
             self._check_keys()
-            self.screens.waiting.draw()
+            self._draw_waiting()
             self._present()
         log.debug("frames paced by %s", self._pacer.paced_by)
 
@@ -274,7 +287,7 @@ class FeedbackDisplay:
                 raise _Stop("escape")
             if key in self.options.trigger_keys:
                 self._n_triggers += 1
-                if self._t0 is None and self.options.start_on != "server":
+                if self._t0 is None and self._rule.trigger_starts:
                     self._start(t_key, "trigger")
             else:
                 others.append((key, t_key))
@@ -295,25 +308,25 @@ class FeedbackDisplay:
         if not self._feedback.admit(item):
             return
         if self._t0 is None:
-            if self.options.start_on == "trigger":
+            started_by = self._rule.event_starts(item.volume)
+            if started_by is None:
                 self._feedback.refuse_before_start(item)
                 return
-            self._start(arrival.t_arrival - item.volume * self.paradigm.tr, "server",
+            self._start(arrival.t_arrival - item.volume * self.paradigm.tr, started_by,
                         item.volume)
         accepted = self._feedback.receive(item, arrival.t_arrival)
-        if accepted and self._in_run and self._start_info.started_by == "server":
+        if accepted and self._in_run and self._start_info.started_by != "trigger":
             self._schedule.realign(item.volume)
 
     def _start(self, t0: float, started_by: str, volume: int = 0) -> None:
         """The run starts at ``t0``: open the events file, write the rows before it."""
         self._t0 = t0
-        self._start_info = RunStart(started_by, time.time() - (time.monotonic() - t0))
-        log.info("run started by the %s at volume %d", started_by, volume)
-        early = self._rows.start(t0)
-        if self.options.out is not None:
-            self._events_log = EventsLog(self._output_path("events.tsv"), self._writer)
-            for row in early:
-                self._log_row(row)
+        self._start_info = RunStart(started_by, time.time() - (time.monotonic() - t0), volume)
+        log.info("%s at volume %d (attempt %d)", _STARTED[started_by], volume,
+                 self.attempt.number)
+        self._out.start_events()
+        for row in self._rows.start(t0):
+            self._log_row(row)
 
     # ----------------------------------------------------------------- ratings and waiting
     def _rate_outside_run(self, trial_type: str) -> None:
@@ -341,7 +354,7 @@ class FeedbackDisplay:
         self._finish_rating(rating, kind="rating")
         self._rows.remove("rating")
         if self._t0 is None or trial_type == "rating_after":
-            self.screens.waiting.draw()
+            self._draw_waiting()
             self._present()
         # else the run starts now: its first frame removes the scale
 
@@ -354,9 +367,8 @@ class FeedbackDisplay:
     def _wait_for_start(self) -> None:
         """Show the waiting screen until the run starts or ``timeout`` passes."""
         t_waiting = time.monotonic()
-        log.info("waiting for the %s", {"auto": "trigger or the server's first volume",
-                                        "trigger": "trigger", "server": "server's first volume"}
-                 [self.options.start_on])
+        log.info("waiting for the %s", "server's next volume to rejoin the run"
+                 if self._rule.rejoining else _WAITING_FOR[self.options.start_on])
         while self._t0 is None:
             self._check_keys()
             self._drain()
@@ -364,8 +376,12 @@ class FeedbackDisplay:
                 return
             if time.monotonic() - t_waiting > self.options.timeout:
                 return
-            self.screens.waiting.draw()
+            self._draw_waiting()
             self._present()
+
+    def _draw_waiting(self) -> None:
+        """The screen before the run: the waiting text, or a fixation cross when rejoining."""
+        (self.screens.draw_cross if self._rule.rejoining else self.screens.waiting.draw)()
 
     # ----------------------------------------------------------------- the paradigm
     def _run_paradigm(self) -> str:
@@ -374,6 +390,8 @@ class FeedbackDisplay:
         log.info("frames counted at %.3f Hz (%s)", 1.0 / self._period,
                  "measured" if self._pacer.paced_by == "vsync" else "software pacing")
         self._schedule = schedule = FrameSchedule(self.paradigm, self._period, self._t0)
+        if self._start_info.started_by == "rejoin":
+            log.info("joined %s", rejoin_point(schedule, self._start_info.volume).describe())
         self._timeline = Timeline(schedule, {
             category: [stim_file(category, path) for path in paths]
             for category, paths in self.picture_files.items()})
@@ -458,17 +476,13 @@ class FeedbackDisplay:
 
     # ----------------------------------------------------------------- outputs
     def _log_row(self, row: dict[str, Any]) -> None:
-        """Write a finished row (with ``out``)."""
-        if self._events_log is not None:
-            self._events_log.add(row)
+        """Write a finished row (with ``out``, once the run started)."""
+        self._out.add(row)
 
     def _save_screenshot(self, names: list[str]) -> None:
         """Grab the frame drawn so far; write it on the writer thread under each name."""
-        image = self._window.grab()
         log.debug("screenshot %s", ", ".join(names))
-        for name in names:
-            self._writer.submit(save_png, Path(self.options.screenshots) / f"{name}.png", image)
-            self._n_screenshots += 1
+        self._out.screenshot(names, self._window.grab())
 
     def _finish(self, ended_by: str) -> dict[str, Any]:
         """End the rows on screen, write the events and the summary; return the summary."""
@@ -478,22 +492,9 @@ class FeedbackDisplay:
             self.paradigm, self.options, ended_by, self._start_info, self._feedback,
             self._bar, self._frame_log, period=self._period, paced_by=self._pacer.paced_by,
             n_realignments=self._schedule.n_realignments if self._schedule else 0,
-            n_triggers=self._n_triggers, n_screenshots=self._n_screenshots,
+            n_triggers=self._n_triggers, n_screenshots=self._out.n_screenshots,
             ratings=self._ratings, pictures=str(self.picture_folder),
-            window_size=self._window.size)
-        if self.options.out is not None:
-            if self._events_log is not None:
-                self._events_log.finish()
-                self._writer.submit(write_json, self._output_path("events.json"),
-                                    events_sidecar())
-            self._writer.submit(write_json, self._output_path("desc-display.json"), summary)
-        self._writer.close()
-        if self._writer.n_failed:
-            log.error("%d display outputs could not be written", self._writer.n_failed)
+            window_size=self._window.size, attempt=self.attempt.number)
+        self._out.close(summary)
         return summary
-
-    def _output_path(self, suffix: str) -> Path:
-        """A run output: ``<out>/sub-<subject>_task-<task>_run-<run>_<suffix>``."""
-        prefix = bids.prefix(self.options.subject, self.paradigm.task, self.options.run)
-        return Path(self.options.out) / f"{prefix}_{suffix}"
 

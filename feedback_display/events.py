@@ -24,6 +24,8 @@ stim_file     the cue picture, relative to the picture folder.
 response      the rating (0-100) once confirmed; ``n/a`` without a response.
 response_time seconds from the rating scale's onset to the confirming key press.
 instruction   the block's instruction text (block rows).
+attempt       which start of the display wrote the row: 1, then 2, ... for each restart
+              that rejoined the run (see :mod:`feedback_display.attempts`).
 ============= ============================================================================
 
 Rows are grouped by *kind* (``block``, ``cue``, ``feedback``, ``intermittent``,
@@ -41,7 +43,8 @@ from rtserver.protocol import FeedbackEvent
 
 #: The columns of ``*_events.tsv``, in order.
 EVENTS_COLUMNS = ("onset", "duration", "trial_type", "block", "frame", "volume", "value",
-                  "censored", "stim_file", "response", "response_time", "instruction")
+                  "censored", "stim_file", "response", "response_time", "instruction",
+                  "attempt")
 
 EVENTS_COLUMN_DESCRIPTIONS = {
     "onset": "Seconds from the run start (the scanner trigger, or the arrival of the server's "
@@ -67,6 +70,12 @@ EVENTS_COLUMN_DESCRIPTIONS = {
     "response_time": "Seconds from the rating scale's first frame to the confirming key "
                      "press.",
     "instruction": "Instruction text shown during the block.",
+    "attempt": "Which start of the display wrote the row: 1 for the first; a display "
+               "restarted during the run appends its rows after the earlier ones (never "
+               "rewriting them) as attempt 2, 3, ..., joining the run at the volume being "
+               "acquired. Every attempt's onsets are seconds from the same run start (a "
+               "restarted display takes it from the first feedback event it receives: "
+               "its arrival minus its volume index times the TR).",
 }
 
 #: Order of rows with the same onset: the block first, then these kinds (by trial_type prefix).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from feedback_display.rating import RatingKeys
 from feedback_display.timing import NOMINAL_REFRESH_HZ, PACING_MODES
-from rtserver import bids
+from rtserver import bids, protocol
 from rtserver.errors import ConfigError, InputError
 
 #: What can start the run: the trigger key, the server's first feedback event, or either.
@@ -55,6 +55,10 @@ class DisplayOptions:
     pictures : Path or None
         Cue picture folder, overriding the paradigm's; None: the paradigm's, else the
         shipped placeholders.
+    results : str or None
+        The server's results endpoint, asked before the run whether volumes were already
+        processed (then the display rejoins the run: see :mod:`feedback_display.rejoin`);
+        None: not asked.
 
     Raises
     ------
@@ -81,6 +85,7 @@ class DisplayOptions:
     stale_after: float | None = None
     skip_ratings: bool = False
     pictures: Path | None = None
+    results: str | None = None
 
     def __post_init__(self) -> None:
         """Check every value (see Raises)."""
@@ -115,6 +120,9 @@ class DisplayOptions:
             raise ConfigError(f"'stale_after' should be > 0 seconds. Got {self.stale_after!r}.")
         if not 0 < self.rating_step <= 100:
             raise ConfigError(f"'rating_step' should be in (0, 100]. Got {self.rating_step!r}.")
+        if self.results is not None and not protocol.is_endpoint(self.results):
+            raise ConfigError(f"'results' should be a ZeroMQ endpoint such as "
+                              f"{protocol.DEFAULT_RESULTS}. Got {self.results!r}.")
 
     def _check_keys(self) -> None:
         """Every role has a key; no key has two roles (Escape quits)."""

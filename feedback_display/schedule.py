@@ -11,7 +11,9 @@ frames it lasted rather than fall behind the scanner.
 - :class:`CueCycle` -- one cue picture every ``cue_seconds``; each category's pictures cycle
   in file-name order across the run's blocks.
 - :class:`Timeline` -- as frames go by: the block entered, the picture changed, an
-  intermittent result shown and taken down, and the events rows each of these opens.
+  intermittent result shown and taken down, and the events rows each of these opens. Its
+  first frame may be any frame of the run (a display that rejoins a running run): it
+  enters the block running then, showing the picture the run shows then.
 
 Nothing here reads a clock or draws: times and frame numbers are given.
 """
@@ -143,6 +145,28 @@ class FrameSchedule:
         per_picture = self.frames_of(self.paradigm.display.cue_seconds)
         return (frame - self.block_frames[block_index]) // per_picture
 
+    def pictures_before(self, frame: int) -> dict[str, int]:
+        """Cue pictures of each category a run shows before the one of frame ``frame``.
+
+        Counted as if every frame from the run's first had been drawn: whole blocks before
+        the frame's, and the slots of its own block before the frame's slot. A display
+        that joins the run at ``frame`` starts each category's cycle there, so it shows
+        the picture the run shows then.
+        """
+        shown: dict[str, int] = {}
+        index = self.block_at(frame)
+        stops = [*self.block_frames[1:], self.end_frame]
+        for number, block in enumerate(self.paradigm.blocks[:max(index + 1, 0)]):
+            if block.cue == "none" or block.condition == "rating":
+                continue
+            if number < index:
+                n_frames = stops[number] - self.block_frames[number]
+                slots = -(-n_frames // self.frames_of(self.paradigm.display.cue_seconds))
+            else:
+                slots = self.cue_slot(number, frame)
+            shown[block.cue] = shown.get(block.cue, 0) + slots
+        return shown
+
 
 @dataclass(frozen=True)
 class Cue:
@@ -180,6 +204,12 @@ class CueCycle:
     def reset(self) -> None:
         """A new block: its first frame shows the category's next picture."""
         self.current = None
+
+    def skip(self, shown: Mapping[str, int]) -> None:
+        """Count ``shown[category]`` pictures of each category as already shown."""
+        for category, n_shown in shown.items():
+            if category in self._counters:
+                self._counters[category] += n_shown
 
     def update(self, category: str, slot: int) -> Cue | None:
         """The picture of ``slot`` of a block of ``category``.
@@ -283,6 +313,8 @@ class Timeline:
         update = FrameUpdate()
         index = self.schedule.block_at(frame)
         if index != self.block_index:
+            if self.block_index == -1:  # the first frame: the run's, or a rejoin's
+                self.cues.skip(self.schedule.pictures_before(frame))
             self._enter(index, frame, block_mean, update)
         block = self.block
         if block.cue != "none" and block.condition != "rating":

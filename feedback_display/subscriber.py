@@ -5,6 +5,9 @@ The thread polls the socket with a short timeout, decodes every message with
 :class:`queue.Queue`. The drawing thread drains that queue once per frame and so never
 blocks on the network. Malformed messages are logged (one line each, up to a limit), handed
 over as :class:`Malformed` so the drawing thread can count them, and otherwise ignored.
+
+:func:`processed_volumes` asks the server's results channel, once before the run, how many
+volumes it has processed: a display started while the run is going rejoins it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SERVER = protocol.DEFAULT_FEEDBACK
 #: Malformed messages logged one by one; later ones are only counted.
 MAX_LOGGED_MALFORMED = 20
+#: Seconds to wait for the results channel's answer to a status request.
+STATUS_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -196,3 +201,50 @@ class FeedbackSubscriber:
             log.warning("ignored a malformed feedback message: %s", item.reason)
         if self._n_malformed_logged == MAX_LOGGED_MALFORMED:
             log.warning("further malformed messages are counted but not logged")
+
+
+def processed_volumes(address: str, timeout: float = STATUS_TIMEOUT,
+                      context: zmq.Context | None = None) -> int | None:
+    """Ask the server's results channel how many volumes it has processed.
+
+    Parameters
+    ----------
+    address : str
+        The results (REP) endpoint to connect to.
+    timeout : float
+        Seconds to wait for the answer.
+    context : zmq.Context or None
+        Context to create the socket in; a private one (terminated on return) if None.
+
+    Returns
+    -------
+    int or None
+        The server's count of processed volumes; None without a valid answer within
+        ``timeout`` (no server yet, or one still waiting for its display), logged.
+    """
+    own_context = context is None
+    context = context if context is not None else zmq.Context()
+    socket = context.socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(address)
+        socket.send(protocol.encode_status_request())
+        if not socket.poll(int(timeout * 1000)):
+            log.info("no answer from the results channel %s within %g s", address, timeout)
+            return None
+        reply = protocol.decode_response(socket.recv())
+    except (zmq.ZMQError, ProtocolError) as exc:
+        log.warning("no status from the results channel %s: %s", address, exc)
+        return None
+    finally:
+        socket.close(linger=0)
+        if own_context:
+            context.term()
+    n_processed = reply.get("n_processed")
+    if (reply["type"] != protocol.STATUS or isinstance(n_processed, bool)
+            or not isinstance(n_processed, int) or n_processed < 0):
+        log.warning("the results channel %s answered without a count of processed volumes: "
+                    "%s", address, reply)
+        return None
+    log.info("the server has processed %d volumes", n_processed)
+    return n_processed

@@ -21,7 +21,8 @@ from feedback_display.timing import DROPPED_FRAME_FACTOR, FrameLog, IntervalStat
 from rtserver.paradigm import Paradigm
 
 RUN_START = ("the trigger key press, or the arrival of the server's first feedback event "
-             "minus its volume index times the TR; every onset in the events file is "
+             "minus its volume index times the TR (also for a display that rejoined a run "
+             "going on: its first feedback event's); every onset in the events file is "
              "relative to it")
 FRAME_TIMING_SCOPE = "every frame flipped from the run's first frame to its last"
 DISPLAY_LATENCY = ("arrival of a feedback event to the drawing of the first frame moving the "
@@ -48,10 +49,15 @@ class RunResult:
 
 @dataclass(frozen=True)
 class RunStart:
-    """How the run started: by what (``trigger`` or ``server``), and when (Unix time)."""
+    """How the run started, when (Unix time), and at which volume.
+
+    ``started_by`` is ``trigger``, ``server`` (its first feedback event, for volume 0) or
+    ``rejoin`` (a display joining a run going on, at ``volume``).
+    """
 
     started_by: str | None = None
     unix_time: float | None = None
+    volume: int = 0
 
 
 def milliseconds(value: float) -> float | None:
@@ -132,7 +138,7 @@ def run_summary(paradigm: Paradigm, options: DisplayOptions, ended_by: str, star
                 feedback: FeedbackState, bar: BarState, frames: FrameLog, *,
                 period: float, paced_by: str, n_realignments: int, n_triggers: int,
                 n_screenshots: int, ratings: list[dict[str, Any]], pictures: str,
-                window_size: list[int] | None) -> dict[str, Any]:
+                window_size: list[int] | None, attempt: int = 1) -> dict[str, Any]:
     """The content of ``*_desc-display.json``.
 
     Parameters
@@ -163,6 +169,9 @@ def run_summary(paradigm: Paradigm, options: DisplayOptions, ended_by: str, star
         The cue picture folder.
     window_size : list of int or None
         The window's size in pixels, if it was open.
+    attempt : int
+        This start's number among the display's starts for the run (see
+        :mod:`feedback_display.attempts`).
 
     Returns
     -------
@@ -176,8 +185,10 @@ def run_summary(paradigm: Paradigm, options: DisplayOptions, ended_by: str, star
         "subject": options.subject,
         "run": options.run,
         "ended_by": ended_by,
+        "attempt": attempt,
         "start_on": options.start_on,
         "started_by": start.started_by,
+        "rejoined_at_volume": start.volume if start.started_by == "rejoin" else None,
         "run_start": RUN_START,
         "run_start_unix_time": start.unix_time,
         "first_volume": feedback.first_volume,

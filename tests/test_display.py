@@ -381,6 +381,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     ["--paradigm", "regulation", "--start-on", "pulse"],
     ["--paradigm", "regulation", "--trigger-key", "space"],
     ["--paradigm", "regulation", "--trigger-key", ","],
+    ["--paradigm", "regulation", "--results", "localhost:5557"],
     [],
 ])
 def test_bad_input_is_one_line_on_stderr(args):
