@@ -107,8 +107,12 @@ PER_VOLUME_PATH: dict[str, tuple[str, ...]] = {
     "rtserver/paradigm.py": ("Block.is_baseline", "Paradigm.block_at", "Paradigm.block_of_volume"),
     # 7. The recorder queues the volume and writes it on its own thread.
     "rtserver/service/recording.py": (
-        "RunRecorder.put", "RunRecorder._run", "RunRecorder._write", "RunRecorder._row",
-        "GrowingNifti.append", "GrowingNifti._header_member", "_time",
+        "RunRecorder.put", "RunRecorder._run", "RunRecorder._guarded", "RunRecorder._write",
+        "RunRecorder._row", "RunRecorder._write_missing", "_time", "_number",
+    ),
+    "rtserver/service/growing_nifti.py": (
+        "GrowingNifti.append", "GrowingNifti.append_fill", "GrowingNifti._append_bytes",
+        "GrowingNifti._rewrite_header", "GrowingNifti._header_member",
     ),
     # 8. The display: the subscriber's receive loop, the feedback state, every frame.
     "feedback_display/subscriber.py": (
