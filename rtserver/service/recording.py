@@ -226,7 +226,7 @@ class RunRecorder:
         self._row("desc-hmc_xfm.tsv", [f"{v:.8f}" for v in motion.matrix[:3].ravel()])
         self._row("desc-roi_timeseries.tsv", [f"{v:.4f}" for v in event.rois.values()])
         self._row("desc-feedback_timeseries.tsv", [
-            str(event.volume), f"{event.value:.6f}",
+            str(event.volume), "" if event.value is None else f"{event.value:.6f}",
             "" if event.p_drug is None else f"{event.p_drug:.6f}",
             "" if event.decision is None else f"{event.decision:.6f}",
             "1" if event.censored else "0",
