@@ -91,7 +91,7 @@ class Counters:
 
 
 def missing_ranges(seen: Iterable[int], n_expected: int) -> list[list[int]]:
-    """``[first, last]`` ranges of the indices ``0 .. n_expected - 1`` not in ``seen``.
+    """Return the ``[first, last]`` ranges of the indices ``0 .. n_expected - 1`` not in ``seen``.
 
     Work and memory grow with ``seen``, never with ``n_expected``.
     """
@@ -106,7 +106,7 @@ def missing_ranges(seen: Iterable[int], n_expected: int) -> list[list[int]]:
 
 
 def describe_ranges(ranges: list[list[int]], limit: int = 5) -> str:
-    """Ranges as a short text: ``1-4, 6, 9-12`` (the first ``limit``, then ``...``)."""
+    """Write ranges as a short text: ``1-4, 6, 9-12`` (the first ``limit``, then ``...``)."""
     text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit])
     return text + (f", ... ({len(ranges)} ranges)" if len(ranges) > limit else "")
 
