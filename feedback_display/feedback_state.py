@@ -4,8 +4,9 @@
   it yet), the values of every volume (for intermittent block means), whether the server
   has gone quiet for ``stale_after`` seconds, and counts of every kind of message.
 - :class:`BarState` -- what the bar shows in a continuous-feedback block: the latest value
-  (grey when censored), or the neutral state at baseline while there is no feedback; the
-  events row each change opens, and the screenshot to take once the bar settles.
+  (grey when censored), or the neutral state at baseline while there is no feedback or the
+  server withheld the latest value (``value`` null); the events row each change opens, and
+  the screenshot to take once the bar settles.
 
 Both are fed messages, times (seconds, monotonic clock) and frame numbers; neither reads a
 clock, a socket or a window.
@@ -80,7 +81,7 @@ class FeedbackState:
         self.last_volume = -1
         self.last_arrival: float | None = None
         self.counts = FeedbackCounts()
-        self._values: dict[int, tuple[float, bool]] = {}  # volume -> (value, censored)
+        self._values: dict[int, tuple[float | None, bool]] = {}  # volume -> (value, censored)
 
     def admit(self, item: FeedbackEvent | RunEnd | Malformed) -> bool:
         """Take a message's first look: count malformed ones, note the end of the run.
@@ -173,10 +174,11 @@ class FeedbackState:
         Returns
         -------
         float or None
-            None if no uncensored value of those volumes arrived.
+            None if no uncensored value of those volumes arrived (withheld values count
+            as none).
         """
         values = [value for volume, (value, censored) in self._values.items()
-                  if first <= volume < stop and not censored]
+                  if first <= volume < stop and not censored and value is not None]
         return sum(values) / len(values) if values else None
 
 
@@ -239,7 +241,8 @@ class BarState:
     def follow_unseen(self, feedback: FeedbackState, now: float, t0: float) -> None:
         """A frame outside continuous feedback: move the bar toward the latest value."""
         if feedback.take_new():
-            self.animator.set_target(feedback.latest.value)
+            value = feedback.latest.value
+            self.animator.set_target(BASELINE_VALUE if value is None else value)
         self.animator.step()
         feedback.check_stale(now, t0)
 
@@ -268,7 +271,7 @@ class BarState:
         shots: list[str] = []
         row = None
         event = feedback.latest
-        if feedback.check_stale(now, t0) or event is None:
+        if feedback.check_stale(now, t0) or event is None or event.value is None:
             if self._showing != "unavailable":
                 self._showing = "unavailable"
                 self.animator.set_target(BASELINE_VALUE)

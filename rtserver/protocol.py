@@ -14,13 +14,17 @@ results channel (client REQ -> server REP)
 
 Every header carries ``"protocol": "rtfmri/1"``. Every field is validated before any buffer
 is interpreted; a violation raises :class:`~rtserver.errors.ProtocolError` whose message
-says which field, what was expected and what was got.
+says which field, what was expected and what was got. The checks themselves (bounded
+decoding, field types, bounds on indices, run lengths and geometry) are in
+:mod:`rtserver.protocol_checks`.
+
+A feedback event's ``value`` is a finite number in [0, 1], or ``null`` with a ``withheld``
+reason: a value that could not be computed is never published as NaN.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +33,18 @@ from typing import Any
 import numpy as np
 
 from rtserver.errors import ProtocolError
+from rtserver.protocol_checks import (
+    ALLOWED_DTYPES,
+    MAX_VOLUMES,
+    check_volume_fields,
+    int_field,
+    loads_bounded,
+    number_field,
+    show,
+    text_field,
+)
+from rtserver.protocol_checks import MAX_HEADER_BYTES as MAX_HEADER_BYTES
+from rtserver.protocol_checks import MAX_VOXELS as MAX_VOXELS
 from rtserver.volume import Volume
 
 PROTOCOL = "rtfmri/1"
@@ -39,14 +55,8 @@ DEFAULT_FEEDBACK = "tcp://127.0.0.1:5556"
 DEFAULT_RESULTS = "tcp://127.0.0.1:5557"
 _TCP = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5}|\*)$")
 FEEDBACK_TOPIC = b"feedback"
-MAX_HEADER_BYTES = 65536
-MAX_VOXELS = 512 * 512 * 512
-
-#: Voxel data types a volume may carry on the wire (numpy ``dtype.str`` spelling).
-ALLOWED_DTYPES = frozenset(
-    {"|u1", "|i1", "<u2", "<i2", ">u2", ">i2", "<u4", "<i4", ">u4", ">i4", "<f4", ">f4",
-     "<f8", ">f8"}
-)
+#: Longest reason a withheld feedback value may give.
+MAX_REASON_CHARS = 200
 
 # Message types, by channel.
 VOLUME = "volume"
@@ -89,33 +99,6 @@ def _dumps(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def _field(header: dict, name: str) -> Any:
-    if name not in header:
-        raise ProtocolError(f"Header is missing the field {name!r}.")
-    return header[name]
-
-
-def _int_field(header: dict, name: str, minimum: int = 0) -> int:
-    value = _field(header, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ProtocolError(
-            f"Header field {name!r} should be an integer >= {minimum}. Got {value!r}."
-        )
-    return value
-
-
-def _number_field(header: dict, name: str, *, positive: bool = False,
-                  optional: bool = False) -> float | None:
-    value = header.get(name) if optional else _field(header, name)
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ProtocolError(f"Header field {name!r} should be a finite number. Got {value!r}.")
-    if positive and value <= 0:
-        raise ProtocolError(f"Header field {name!r} should be > 0. Got {value!r}.")
-    return float(value)
-
-
 def parse_header(frame: bytes | memoryview, expected_types: Sequence[str]) -> dict:
     """Decode and check the common part of a header frame.
 
@@ -134,29 +117,20 @@ def parse_header(frame: bytes | memoryview, expected_types: Sequence[str]) -> di
     Raises
     ------
     ProtocolError
-        If the frame is too large, not UTF-8 JSON, not an object, of another protocol
-        version, or of an unexpected type.
+        If the frame is too large or too deeply nested, holds an overlong number or a
+        NaN, is not UTF-8 JSON, not an object, of another protocol version, or of an
+        unexpected type.
     """
-    raw = bytes(frame)
-    if len(raw) > MAX_HEADER_BYTES:
-        raise ProtocolError(
-            f"Header frame should be at most {MAX_HEADER_BYTES} bytes. Got {len(raw)} bytes."
-        )
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"Header frame should be UTF-8 JSON. Got undecodable bytes ({exc}).") from None
+    header = loads_bounded(bytes(frame))
     if not isinstance(header, dict):
         raise ProtocolError(
             f"Header should be a JSON object. Got a JSON {type(header).__name__}."
         )
-    version = header.get("protocol")
-    if version != PROTOCOL:
-        raise ProtocolError(f"Header field 'protocol' should be {PROTOCOL!r}. Got {version!r}.")
+    text_field(header, "protocol", [PROTOCOL])
     kind = header.get("type")
-    if kind not in expected_types:
+    if not isinstance(kind, str) or kind not in expected_types:
         raise ProtocolError(
-            f"Header field 'type' should be one of {sorted(expected_types)}. Got {kind!r}."
+            f"Header field 'type' should be one of {sorted(expected_types)}. Got {show(kind)}."
         )
     return header
 
@@ -272,56 +246,11 @@ def decode_volume(frames: Sequence, header: dict | None = None) -> tuple[Volume,
 
 
 def header_volume_fields(header: dict) -> None:
-    """Check every field of a volume header; raise :class:`ProtocolError` on the first bad one."""
-    _int_field(header, "index")
-    shape = _field(header, "shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 3
-        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape)
-    ):
-        raise ProtocolError(
-            f"Header field 'shape' should be a list of 3 positive integers. Got {shape!r}."
-        )
-    n_voxels = shape[0] * shape[1] * shape[2]
-    if n_voxels > MAX_VOXELS:
-        raise ProtocolError(
-            f"Header field 'shape' should hold at most {MAX_VOXELS} voxels. Got {n_voxels}."
-        )
-    dtype = _field(header, "dtype")
-    if dtype not in ALLOWED_DTYPES:
-        raise ProtocolError(
-            f"Header field 'dtype' should be one of {sorted(ALLOWED_DTYPES)}. Got {dtype!r}."
-        )
-    affine = _field(header, "affine")
-    try:
-        matrix = np.array(affine, dtype=np.float64)
-    except (TypeError, ValueError):
-        matrix = None
-    if (
-        matrix is None
-        or matrix.shape != (4, 4)
-        or not np.all(np.isfinite(matrix))
-        or not np.allclose(matrix[3], [0, 0, 0, 1])
-        or abs(np.linalg.det(matrix[:3, :3])) < 1e-12
-    ):
-        raise ProtocolError(
-            "Header field 'affine' should be an invertible 4x4 list of finite numbers with "
-            f"last row [0, 0, 0, 1]. Got {affine!r}."
-        )
-    _number_field(header, "tr", positive=True)
-    _number_field(header, "t_file_complete", optional=True)
-    _number_field(header, "t_sent", optional=True)
-    nbytes = _int_field(header, "nbytes", minimum=1)
-    expected = n_voxels * np.dtype(dtype).itemsize
-    if nbytes != expected:
-        raise ProtocolError(
-            f"Header field 'nbytes' should be {expected} for shape {shape} and dtype {dtype}. "
-            f"Got {nbytes}."
-        )
-    meta = header.get("meta", {})
-    if meta is not None and not isinstance(meta, dict):
-        raise ProtocolError(f"Header field 'meta' should be a JSON object. Got {meta!r}.")
+    """Check every field of a volume header; raise :class:`ProtocolError` on the first bad one.
+
+    See :func:`rtserver.protocol_checks.check_volume_fields` for the rules.
+    """
+    check_volume_fields(header)
 
 
 def encode_end(n_volumes: int) -> list:
@@ -330,8 +259,11 @@ def encode_end(n_volumes: int) -> list:
 
 
 def decode_end(header: dict) -> int:
-    """Return the number of volumes an end-of-run header announces."""
-    return _int_field(header, "n_volumes")
+    """Return the number of volumes an end-of-run header announces.
+
+    It is at most :data:`~rtserver.protocol_checks.MAX_VOLUMES`.
+    """
+    return int_field(header, "n_volumes", maximum=MAX_VOLUMES)
 
 
 def encode_reply(kind: str, index: int | None = None, **fields: Any) -> bytes:
@@ -353,8 +285,8 @@ class FeedbackEvent:
     ----------
     volume : int
         0-based index of the volume this feedback is computed from.
-    value : float
-        The feedback in [0, 1] (0.5 is baseline).
+    value : float or None
+        The feedback in [0, 1] (0.5 is baseline); None when it is withheld.
     censored : bool
         True when the volume moved too much for its feedback to be trusted.
     fd : float
@@ -373,10 +305,13 @@ class FeedbackEvent:
         feedback published.
     latency_ms : float
         Received-to-published latency measured with a monotonic clock.
+    withheld : str or None
+        Why ``value`` is None (it could not be computed as a finite number); None when
+        there is a value.
     """
 
     volume: int
-    value: float
+    value: float | None
     censored: bool
     fd: float
     rois: dict = field(default_factory=dict)
@@ -385,6 +320,7 @@ class FeedbackEvent:
     t_received: float = 0.0
     t_published: float = 0.0
     latency_ms: float = 0.0
+    withheld: str | None = None
 
     def to_dict(self) -> dict:
         """The event as a JSON-ready dict with the protocol header fields."""
@@ -392,29 +328,57 @@ class FeedbackEvent:
 
     @classmethod
     def from_dict(cls, header: dict) -> FeedbackEvent:
-        """Build an event from a validated header dict."""
-        volume = _int_field(header, "volume")
-        value = _number_field(header, "value")
-        if not 0.0 <= value <= 1.0:
-            raise ProtocolError(f"Header field 'value' should be in [0, 1]. Got {value!r}.")
-        censored = _field(header, "censored")
+        """Build an event from a header dict, checking every field.
+
+        Raises
+        ------
+        ProtocolError
+            If a field is missing or not what it should be.
+        """
+        volume = int_field(header, "volume")
+        value, withheld = _feedback_value(header)
+        censored = header.get("censored")
         if not isinstance(censored, bool):
-            raise ProtocolError(f"Header field 'censored' should be true or false. Got {censored!r}.")
+            raise ProtocolError(
+                f"Header field 'censored' should be true or false. Got {show(censored)}.")
         rois = header.get("rois", {})
         if not isinstance(rois, dict):
-            raise ProtocolError(f"Header field 'rois' should be a JSON object. Got {rois!r}.")
+            raise ProtocolError(f"Header field 'rois' should be a JSON object. Got {show(rois)}.")
         return cls(
             volume=volume,
             value=value,
             censored=censored,
-            fd=_number_field(header, "fd"),
+            fd=number_field(header, "fd"),
             rois=rois,
-            p_drug=_number_field(header, "p_drug", optional=True),
-            decision=_number_field(header, "decision", optional=True),
-            t_received=_number_field(header, "t_received"),
-            t_published=_number_field(header, "t_published"),
-            latency_ms=_number_field(header, "latency_ms"),
+            p_drug=number_field(header, "p_drug", optional=True),
+            decision=number_field(header, "decision", optional=True),
+            t_received=number_field(header, "t_received"),
+            t_published=number_field(header, "t_published"),
+            latency_ms=number_field(header, "latency_ms"),
+            withheld=withheld,
         )
+
+
+def _feedback_value(header: dict) -> tuple[float | None, str | None]:
+    """Check ``value`` and ``withheld``: a number in [0, 1] and null, or null and a reason."""
+    withheld = header.get("withheld")
+    if withheld is not None and not (isinstance(withheld, str)
+                                     and 0 < len(withheld) <= MAX_REASON_CHARS):
+        raise ProtocolError(
+            f"Header field 'withheld' should be null or a reason of 1 to {MAX_REASON_CHARS} "
+            f"characters. Got {show(withheld)}.")
+    if header.get("value", 0.0) is None and withheld is not None:
+        return None, withheld
+    if withheld is not None:
+        raise ProtocolError(f"Header field 'value' should be null when 'withheld' gives a "
+                            f"reason. Got {show(header.get('value'))}.")
+    if header.get("value", 0.0) is None:
+        raise ProtocolError("Header field 'value' should be a finite number (or null with a "
+                            "'withheld' reason). Got None.")
+    value = number_field(header, "value")
+    if not 0.0 <= value <= 1.0:
+        raise ProtocolError(f"Header field 'value' should be in [0, 1]. Got {show(value)}.")
+    return value, None
 
 
 def encode_feedback(event: FeedbackEvent) -> list:
@@ -443,7 +407,7 @@ def decode_feedback(frames: Sequence) -> FeedbackEvent | int:
         )
     header = parse_header(_bytes_of(frames[1]), [FEEDBACK, RUN_END])
     if header["type"] == RUN_END:
-        return _int_field(header, "n_volumes")
+        return int_field(header, "n_volumes", maximum=MAX_VOLUMES)
     return FeedbackEvent.from_dict(header)
 
 
@@ -462,7 +426,7 @@ def decode_request(frame: bytes) -> dict:
     """Validate a results-channel request."""
     header = parse_header(frame, [RESULT_REQUEST, STATUS_REQUEST])
     if header["type"] == RESULT_REQUEST:
-        _int_field(header, "volume")
+        int_field(header, "volume", maximum=MAX_VOLUMES - 1)
     return header
 
 
@@ -482,7 +446,8 @@ def decode_response(frame: bytes) -> dict:
     if header["type"] == RESULT:
         event = header.get("event")
         if not isinstance(event, dict):
-            raise ProtocolError(f"Header field 'event' should be a JSON object. Got {event!r}.")
+            raise ProtocolError(
+                f"Header field 'event' should be a JSON object. Got {show(event)}.")
         header["event"] = FeedbackEvent.from_dict(event)
     return header
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtserver import protocol
+from rtserver import protocol, protocol_checks
 from rtserver.errors import ProtocolError
 from rtserver.volume import Volume
 
@@ -33,9 +34,9 @@ def frames_with(header_changes: dict, drop: str | None = None) -> list:
 # --------------------------------------------------------------------------- round trips
 @settings(max_examples=60, deadline=None)
 @given(
-    shape=st.tuples(*(st.integers(1, 9),) * 3),
+    shape=st.tuples(*(st.integers(2, 9),) * 3),  # at least 2 voxels along each axis
     dtype=st.sampled_from(sorted(protocol.ALLOWED_DTYPES)),
-    index=st.integers(0, 10**6),
+    index=st.integers(0, protocol.MAX_VOLUMES - 1),
     tr=st.floats(0.1, 10.0),
 )
 def test_volume_round_trip_is_exact(shape, dtype, index, tr):
@@ -200,3 +201,172 @@ def test_only_non_identifying_metadata_goes_on_the_wire():
     frames = [json.dumps(header).encode(), np.zeros((2, 2, 2), np.int16).tobytes()]
     decoded, _ = protocol.decode_volume(frames)
     assert "PatientID" not in decoded.meta
+
+
+# --------------------------------------------------------------------------- hostile headers
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=16),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=16)
+VOLUME_FIELDS = ["protocol", "type", "index", "shape", "dtype", "affine", "tr",
+                 "t_file_complete", "t_sent", "nbytes", "meta"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(frame=st.binary(max_size=512) | JSON_VALUES.map(lambda v: json.dumps(v).encode()))
+def test_any_frame_is_a_header_or_a_protocol_error(frame):
+    """Bytes or JSON of any shape: a dict comes back, or ProtocolError, never anything else."""
+    try:
+        header = protocol.parse_header(frame, [protocol.VOLUME, protocol.END])
+    except ProtocolError as exc:
+        header = {"error": str(exc)}
+    if "error" in header:
+        assert len(header["error"]) < 400
+    else:
+        assert header["protocol"] == protocol.PROTOCOL
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(VOLUME_FIELDS), value=JSON_VALUES)
+def test_any_field_value_is_a_volume_or_a_protocol_error(name, value):
+    """One field of a valid header replaced by any JSON value: a volume whose header
+    round-trips, or a ProtocolError whose message is short; never another exception."""
+    try:
+        frames = frames_with({name: value})
+    except ValueError:  # json cannot write it (an integer too long for str())
+        return
+    try:
+        volume, header = protocol.decode_volume(frames)
+    except ProtocolError as exc:
+        volume, header = None, {"error": str(exc)}
+    if volume is None:
+        assert len(header["error"]) < 400
+    else:
+        again, _ = protocol.decode_volume(protocol.encode_volume(volume, header["t_sent"]))
+        assert np.array_equal(again.data, volume.data) and again.index == volume.index
+
+
+@settings(max_examples=50, deadline=None)
+@given(depth=st.integers(1, 40), in_string=st.integers(0, 200))
+def test_nesting_is_bounded_and_brackets_in_strings_do_not_count(depth, in_string):
+    text = ("[" * depth + "]" * depth).encode()
+    frame = (b'{"protocol":"rtfmri/1","type":"end","n_volumes":1,"s":"'
+             + b"[{" * in_string + b'\\"[","x":' + text + b"}")
+    if depth + 1 <= protocol_checks.MAX_JSON_DEPTH:
+        assert protocol.parse_header(frame, [protocol.END])["x"] is not None
+    else:
+        with pytest.raises(ProtocolError, match=f"nested at most 16 deep. Got {depth + 1}"):
+            protocol.parse_header(frame, [protocol.END])
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b'"\\' * 32000, b'"' * 65000, b"[" * 65000, b'["' * 32000, b"{" * 65536,
+     b'{"a":' + b"1" * 65000 + b"}", b'{"a":"' + b"\\u0000" * 10000 + b'"}'],
+)
+def test_pathological_headers_are_refused_in_linear_time(frame):
+    """The bounds are checked in time linear in the frame: none of these takes a second
+    (a backtracking string scan took 24 s on the first)."""
+    start = time.perf_counter()
+    try:
+        protocol.parse_header(frame, [protocol.VOLUME])
+    except ProtocolError:
+        pass
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (b'"index":' + b"9" * 41, "at most 40 characters. Got a number of 41 characters"),
+        (b'"index":' + b"9" * 5000, "Got a number of 5000 characters: '99999"),
+        (b'"tr":' + b"1." + b"0" * 39, "Got a number of 41 characters"),
+        (b'"tr":NaN', "without NaN or Infinity. Got NaN"),
+        (b'"tr":Infinity', "Got Infinity"),
+        (b'"tr":-Infinity', "Got -Infinity"),
+    ],
+)
+def test_overlong_numbers_and_nan_are_refused_while_parsing(text, match):
+    header, buffer = protocol.encode_volume(make_volume())
+    raw = bytes(header).replace(b'"tr":1.5', text)
+    with pytest.raises(ProtocolError, match=match) as info:
+        protocol.decode_volume([raw, bytes(buffer)])
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"dtype": ["<i2"]}, "'dtype' should be one of .* Got \\['<i2'\\]"),
+        ({"dtype": {"<i2": 1}}, "'dtype' should be one of"),
+        ({"type": ["volume"]}, "'type' should be one of"),
+        ({"protocol": ["rtfmri/1"]}, "'protocol' should be 'rtfmri/1'"),
+        ({"index": 2**64}, "'index' should be an integer >= 0 and <= 99999. Got 18446744073709551616"),
+        ({"index": protocol.MAX_VOLUMES}, "'index' should be an integer >= 0 and <= 99999"),
+        ({"shape": [4, 5, 1]}, "'shape' should have at least 2 voxels along each axis.*Got \\[4, 5, 1\\]"),
+        ({"shape": [4, 5, [3]]}, "'shape' should be a list of 3 positive integers"),
+        ({"affine": [[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 1e-9, 0], [0, 0, 0, 1]]},
+         "singular or nearly singular"),
+        ({"affine": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, "1", 0], [0, 0, 0, 1]]},
+         "not a finite number"),
+        ({"affine": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, True]]},
+         "not a finite number"),
+        ({"tr": 1e-3}, "'tr' should be from 0.01 to 1000.0 seconds"),
+        ({"tr": 1e5}, "'tr' should be from 0.01 to 1000.0 seconds"),
+        ({"meta": [1, 2]}, "'meta' should be a JSON object"),
+    ],
+)
+def test_every_field_type_and_bound_is_checked(changes, match):
+    with pytest.raises(ProtocolError, match=match) as info:
+        protocol.decode_volume(frames_with(changes))
+    assert len(str(info.value)) < 400
+
+
+def test_long_values_are_shown_truncated_in_messages():
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_volume(frames_with({"dtype": "x" * 5000}))
+    assert "'xxxxxxxxx" in str(info.value) and "(5002 characters)" in str(info.value)
+    assert len(str(info.value)) < 400
+
+
+def test_run_length_and_index_bounds_are_inclusive_where_documented():
+    last = protocol.MAX_VOLUMES - 1
+    assert protocol.decode_volume(frames_with({"index": last}))[0].index == last
+    header = protocol.parse_header(protocol.encode_end(protocol.MAX_VOLUMES)[0], [protocol.END])
+    assert protocol.decode_end(header) == protocol.MAX_VOLUMES
+    header = protocol.parse_header(protocol.encode_end(protocol.MAX_VOLUMES + 1)[0],
+                                   [protocol.END])
+    with pytest.raises(ProtocolError, match="'n_volumes' should be an integer >= 0 and <= 100000"):
+        protocol.decode_end(header)
+    assert protocol.decode_request(protocol.encode_result_request(last))["volume"] == last
+    with pytest.raises(ProtocolError, match="'volume' should be an integer"):
+        protocol.decode_request(protocol.encode_result_request(protocol.MAX_VOLUMES))
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=st.none() | st.floats(0.0, 1.0), censored=st.booleans(),
+       reason=st.text(min_size=1, max_size=protocol.MAX_REASON_CHARS))
+def test_feedback_value_round_trips_finite_or_withheld(value, censored, reason):
+    event = protocol.FeedbackEvent(volume=2, value=value, censored=censored, fd=0.3,
+                                   withheld=reason if value is None else None)
+    assert protocol.decode_feedback(protocol.encode_feedback(event)) == event
+    reply = protocol.decode_response(protocol.encode_result(event))
+    assert reply["event"] == event
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"value": None, "withheld": ""}, "'withheld' should be null or a reason"),
+        ({"value": None, "withheld": 3}, "'withheld' should be null or a reason"),
+        ({"value": None, "withheld": "x" * 201}, "'withheld' should be null or a reason"),
+        ({"value": 0.4, "withheld": "why"}, "'value' should be null when 'withheld'"),
+        ({"value": float("nan")}, "without NaN or Infinity"),
+    ],
+)
+def test_a_withheld_value_is_null_with_a_reason(changes, match):
+    event = protocol.FeedbackEvent(volume=1, value=0.5, censored=False, fd=0.0)
+    header = json.dumps({**event.to_dict(), **changes}).encode()
+    with pytest.raises(ProtocolError, match=match):
+        protocol.decode_feedback([protocol.FEEDBACK_TOPIC, header])

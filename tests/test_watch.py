@@ -104,7 +104,7 @@ def test_a_volume_that_never_comes_is_reported_missing(tmp_path, caplog):
         report, counters, out = run_watched(tmp_path, plan, n_volumes=10, missing_after=0.3)
     _, _, rows = recorded(out)
     assert report.missing == [6]
-    assert counters.missing == [6]
+    assert counters.missing == [[6, 6]] and counters.n_missing == 1  # [first, last] ranges
     assert [int(r["volume"]) for r in rows] == [0, 1, 2, 3, 4, 5, 7, 8, 9]
     assert "volume 6 (scanner number 7) is missing" in caplog.text
 

@@ -12,11 +12,29 @@ through motion estimation and ROI extraction on the motion-corrected ROI voxels.
 
 A decoder brings its own ROIs and reference volume (those it was trained on), so online
 features are the same voxels as in training.
+
+Non-finite voxels
+-----------------
+NaN and infinite voxels are a property of real data (a float NIfTI masked with NaN outside
+the brain, a reconstruction artefact), not an error. :meth:`Pipeline.step` counts them
+(``nonfinite_voxels_``) and hands the stages a finite copy of the volume in which each such
+voxel takes its value in the previous volume the stages saw (0 in the first volume and in
+the reference), so a NaN background stays 0 and a lone bad voxel inside an ROI does not move
+its mean. The volume itself is left as it came in (the server records it so). When more
+than :data:`MAX_UNMEASURED` of the feedback ROI's signal (with a decoder: of any ROI's)
+comes from such filled-in voxels, the volume is kept out of every fit and baseline, as a
+censored one is, and its feedback value is withheld: ``value`` None, ``withheld`` saying
+why. Finite voxels so large that sums over a volume could overflow float32 (beyond
+:data:`MAX_ABS_VOXEL`) are refused with an :class:`~rtserver.errors.InputError` before any
+stage sees them. A feedback value that comes out non-finite for any other reason is
+withheld too: a published value is finite, or None with a reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,6 +61,13 @@ if TYPE_CHECKING:
     from rtserver.core.decoder import Decoder
 
 log = logging.getLogger(__name__)
+
+#: Largest finite voxel magnitude the stages take: float32 sums of up to 512**3 such voxels
+#: stay finite (float32 holds up to 3.4e38).
+MAX_ABS_VOXEL = 1e30
+#: Largest share of a feedback ROI's signal that may come from filled-in (non-finite)
+#: voxels; beyond it the volume's feedback value is withheld.
+MAX_UNMEASURED = 0.1
 
 
 class Pipeline:
@@ -122,6 +147,8 @@ class Pipeline:
         self.registration_: RegistrationQuality | None = None
         self.features_: object = None
         self.target_index_: int | None = None
+        self.nonfinite_voxels_ = 0
+        self._previous_data: np.ndarray | None = None
 
     @property
     def is_fitted(self) -> bool:
@@ -222,17 +249,44 @@ class Pipeline:
     def step(self, volume: Volume) -> FeedbackEvent:
         """Process one volume and return its feedback event (timestamps left to the caller).
 
+        Non-finite voxels are counted in ``nonfinite_voxels_`` and set aside (see the module
+        docstring); ``volume`` itself is not changed.
+
         Raises
         ------
         InputError
-            If the volume is not on the run's grid (checked by the motion stage).
+            If the volume is not on the run's grid (checked by the motion stage), holds
+            voxels too large for float32 arithmetic, or gives a singular linear system
+            (an image without structure along some axis).
         """
-        if not self.is_fitted:
-            self.fit(self.reference if self.reference is not None else volume)
+        finite, bad = _finite_copy(volume, self._previous_data)
+        self.nonfinite_voxels_ = 0 if bad is None else int(np.count_nonzero(bad))
+        try:
+            if not self.is_fitted:
+                self.fit(finite if self.reference is None
+                         else _finite_copy(self.reference, None)[0])
+            event = self._stages(finite, bad)
+        except np.linalg.LinAlgError as exc:
+            raise InputError(
+                f"Volume {volume.index} could not be processed: expected an image with "
+                f"structure along all three axes. Got a singular linear system ({exc})."
+            ) from None
+        if finite.data.dtype.kind == "f":
+            self._previous_data = finite.data
+        return _withhold_nonfinite(event)
+
+    def _stages(self, volume: Volume, bad: np.ndarray | None) -> FeedbackEvent:
+        """Run a finite volume through the stages (``bad``: where it was not finite)."""
         estimate = self.motion.partial_fit(volume).estimate_
         censored = bool(estimate.censored)
         voxels = self.roi.transform_voxels(volume, estimate.matrix)
         roi_means = self.roi.means(voxels)
+        if not (np.all(np.isfinite(roi_means)) and np.isfinite(estimate.fd)):
+            raise InputError(f"Volume {volume.index} gave non-finite ROI means or motion. "
+                             f"Expected finite ones. Got {roi_means.tolist()[:4]}, fd "
+                             f"{estimate.fd}.")
+        unmeasured = self._unmeasured(volume, bad, estimate.matrix)
+        skip = censored or unmeasured is not None  # kept out of every fit and baseline
         event = FeedbackEvent(
             volume=volume.index, value=0.5, censored=censored, fd=float(estimate.fd),
             rois={name: float(v) for name, v in zip(self.roi.names_, roi_means, strict=True)},
@@ -240,20 +294,82 @@ class Pipeline:
         if self.signal is not None:
             features = np.concatenate([voxels, roi_means])
             psc = self.signal.partial_fit(
-                volume.index, volume.tr, features, estimate.params, censored=censored).psc_
+                volume.index, volume.tr, features, estimate.params, censored=skip).psc_
             self.features_ = self._patterns(psc)
         if self.decoder is not None:
             p_drug, decision = self.decoder.predict(self.features_, self.config.decoder.feedback)
-            self.decoder_feedback.partial_fit(volume.index, volume.tr, p_drug, censored)
+            self.decoder_feedback.partial_fit(volume.index, volume.tr, p_drug, skip)
             event.p_drug, event.decision = p_drug, decision
             event.value = self.decoder_feedback.value_
         else:
             target = float(roi_means[self.target_index_])
-            self.feedback.partial_fit(volume.index, volume.tr, target, censored=censored)
+            self.feedback.partial_fit(volume.index, volume.tr, target, censored=skip)
             event.value = self.feedback.value_
+        if unmeasured is not None:
+            event.value = event.p_drug = event.decision = None
+            event.withheld = unmeasured
         return event
+
+    def _unmeasured(self, volume: Volume, bad: np.ndarray | None,
+                    matrix: np.ndarray) -> str | None:
+        """Say why the feedback is withheld, or return None when it is not.
+
+        It is withheld when more than :data:`MAX_UNMEASURED` of a feedback ROI's signal
+        came from non-finite voxels.
+        """
+        if bad is None:
+            return None
+        mask = dataclasses.replace(volume, data=bad.astype(np.float32))
+        share = self.roi.means(self.roi.transform_voxels(mask, matrix))
+        rois = range(len(share)) if self.decoder is not None else [self.target_index_]
+        worst = max(rois, key=lambda r: share[r])
+        if share[worst] <= MAX_UNMEASURED:
+            return None
+        return (f"{100 * share[worst]:.0f}% of ROI {self.roi.names_[worst]!r} was not finite "
+                f"in this volume (at most {100 * MAX_UNMEASURED:.0f}% is filled in)")
 
     @property
     def motion_estimate(self) -> MotionEstimate:
         """The latest volume's motion estimate."""
         return self.motion.estimate_
+
+
+def _withhold_nonfinite(event: FeedbackEvent) -> FeedbackEvent:
+    """Withhold a non-finite value (None and a reason); set non-finite decoder outputs to None.
+
+    Nothing non-finite is ever published.
+    """
+    for name in ("p_drug", "decision"):
+        number = getattr(event, name)
+        if number is not None and not math.isfinite(number):
+            setattr(event, name, None)
+    if event.value is not None and not math.isfinite(event.value):
+        event.value = None
+    if event.value is None and event.withheld is None:
+        event.withheld = "the feedback value could not be computed as a finite number"
+    return event
+
+
+def _finite_copy(volume: Volume, previous: np.ndarray | None
+                 ) -> tuple[Volume, np.ndarray | None]:
+    """Fill non-finite voxels in; return the finite volume and where they were.
+
+    Each non-finite voxel takes its value in ``previous`` (0 when None or of another
+    shape). Without any, the volume itself comes back with None. Voxels beyond
+    :data:`MAX_ABS_VOXEL` are refused (:class:`InputError`).
+    """
+    data = volume.data
+    if data.dtype.kind != "f":
+        return volume, None
+    good = np.isfinite(data)
+    bad = None
+    if not good.all():
+        bad = ~good
+        fill = previous if previous is not None and previous.shape == data.shape else 0
+        data = np.where(good, data, fill)
+        volume = dataclasses.replace(volume, data=data)
+    peak = max(float(data.max()), -float(data.min()))
+    if peak > MAX_ABS_VOXEL:
+        raise InputError(f"Volume {volume.index} should hold voxels within +-{MAX_ABS_VOXEL:g}. "
+                         f"Got a voxel of {peak:g}.")
+    return volume, bad

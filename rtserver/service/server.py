@@ -4,7 +4,11 @@ One thread (the caller of :meth:`Server.run`) owns all three sockets, and a four
 control socket, through which :meth:`Server.stop` wakes its poller at once from any thread:
 
 - volume channel, ROUTER: every message is validated, acknowledged (or answered with an
-  error) and, if it is a new volume, processed at once;
+  error) and, if it is a new volume, processed at once. Nothing a peer sends stops the
+  server: a malformed message or a volume the pipeline refuses is answered with an error,
+  counted and logged (one line each for the first :data:`LOGGED_REFUSALS` of a kind, then
+  one line per :data:`LOG_EVERY`), and a gap in the indices is kept as a range, never as
+  a list of every missing index;
 - feedback channel, XPUB: one event per volume, and ``run_end`` after the last; XPUB lets the
   server see subscriptions, so a replay can wait for the display before it starts;
 - results channel, REP: "the result for volume N" and the run's counters.
@@ -17,12 +21,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 
-from rtserver import __version__, protocol
+from rtserver import __version__, protocol, protocol_checks
 from rtserver.config import Config
 from rtserver.core.pipeline import Pipeline
 from rtserver.errors import InputError, ProtocolError, RtfmriError, TransportError
@@ -31,18 +36,79 @@ from rtserver.service.session import Session
 
 log = logging.getLogger(__name__)
 
+#: Events of one kind (malformed, rejected, withheld, non-finite) logged one line each; later
+#: ones are counted, and one line in :data:`LOG_EVERY` is logged.
+LOGGED_REFUSALS = 20
+LOG_EVERY = 100
+#: Index ranges listed in a status reply (the session JSON lists them all).
+MAX_LISTED_RANGES = 100
+
 
 @dataclass
 class Counters:
-    """What happened during the run, reported in the session JSON and on request."""
+    """What happened during the run, reported in the session JSON and on request.
+
+    Attributes
+    ----------
+    n_received : int
+        Valid volume messages (duplicates included).
+    n_processed : int
+        Volumes processed and published.
+    n_duplicates : int
+        Volumes received again (dropped).
+    n_malformed : int
+        Messages refused by the protocol checks, on the volume and results channels.
+    n_rejected : int
+        Valid volumes the pipeline refused (wrong grid, unusable voxel values).
+    n_nonfinite_volumes, n_nonfinite_voxels : int
+        Processed volumes holding NaN or infinite voxels, and how many such voxels in all
+        (set aside by the pipeline, recorded as received).
+    n_withheld : int
+        Feedback events published without a value (it was not a finite number).
+    n_expected : int or None
+        Volumes the bridge's end-of-run message announced.
+    n_missing : int
+        Volumes of ``0 .. n_expected - 1`` never received.
+    gaps : list of [int, int]
+        ``[first, last]`` index ranges skipped when a later volume arrived (some may have
+        come afterwards, out of order).
+    missing : list of [int, int]
+        ``[first, last]`` index ranges of the volumes never received (at the end).
+    """
 
     n_received: int = 0
     n_processed: int = 0
     n_duplicates: int = 0
     n_malformed: int = 0
     n_rejected: int = 0
+    n_nonfinite_volumes: int = 0
+    n_nonfinite_voxels: int = 0
+    n_withheld: int = 0
     n_expected: int | None = None
-    missing: list[int] = field(default_factory=list)
+    n_missing: int = 0
+    gaps: list[list[int]] = field(default_factory=list)
+    missing: list[list[int]] = field(default_factory=list)
+
+
+def missing_ranges(seen: Iterable[int], n_expected: int) -> list[list[int]]:
+    """Return the ``[first, last]`` ranges of the indices ``0 .. n_expected - 1`` not in ``seen``.
+
+    Work and memory grow with ``seen``, never with ``n_expected``.
+    """
+    ranges, expected = [], 0
+    for index in sorted(i for i in seen if i < n_expected):
+        if index > expected:
+            ranges.append([expected, index - 1])
+        expected = index + 1
+    if expected < n_expected:
+        ranges.append([expected, n_expected - 1])
+    return ranges
+
+
+def describe_ranges(ranges: list[list[int]], limit: int = 5) -> str:
+    """Write ranges as a short text: ``1-4, 6, 9-12`` (the first ``limit``, then ``...``)."""
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit])
+    return text + (f", ... ({len(ranges)} ranges)" if len(ranges) > limit else "")
 
 
 def bind(socket: zmq.Socket, endpoint: str) -> str:
@@ -237,18 +303,20 @@ class Server:
     def _finish(self) -> None:
         counters = self.counters
         if counters.n_expected is not None:
-            counters.missing = sorted(set(range(counters.n_expected)) - self._seen)
+            counters.missing = missing_ranges(self._seen, counters.n_expected)
+            counters.n_missing = sum(last - first + 1 for first, last in counters.missing)
             if counters.missing:
-                log.warning("run ended with %d volumes missing: %s", len(counters.missing),
-                            counters.missing[:20])
+                log.warning("run ended with %d volumes missing: %s", counters.n_missing,
+                            describe_ranges(counters.missing))
         if self._recorder is not None:
             self._recorder.close(**vars(counters))
             if self._recorder.error is not None:
                 log.error("recording failed: %s", self._recorder.error)
         self._close_sockets()
         log.info("run finished: %d volumes processed, %d duplicates, %d malformed, "
-                 "%d rejected; outputs in %s", counters.n_processed, counters.n_duplicates,
-                 counters.n_malformed, counters.n_rejected, self.out_dir)
+                 "%d rejected, %d with non-finite voxels; outputs in %s",
+                 counters.n_processed, counters.n_duplicates, counters.n_malformed,
+                 counters.n_rejected, counters.n_nonfinite_volumes, self.out_dir)
 
     def _close_sockets(self) -> None:
         sockets, self._sockets = self._sockets, {}
@@ -261,27 +329,21 @@ class Server:
         t_received = time.time()
         t0 = time.perf_counter()
         identity, payload = frames[0], frames[1:]
-        index = None
         try:
-            if not payload:
-                raise ProtocolError("A message should have at least a header frame. Got none.")
-            header = protocol.parse_header(payload[0].bytes, [protocol.VOLUME, protocol.END])
+            header = _volume_channel_header(payload)
             if header["type"] == protocol.END:
                 self._on_end(protocol.decode_end(header))
                 router.send_multipart([identity, protocol.encode_reply(
                     protocol.ACK, None, status="end")])
                 return
             volume, _ = protocol.decode_volume(payload, header)
-            t_sent = header.get("t_sent")
-            index = volume.index
-            self.counters.n_received += 1
         except ProtocolError as exc:
             self.counters.n_malformed += 1
-            log.warning("malformed message rejected (%d so far): %s",
-                        self.counters.n_malformed, exc)
-            router.send_multipart([identity, protocol.encode_reply(
-                protocol.ERROR, index, error=str(exc))])
+            self._refuse(router, identity, None, exc, "malformed message rejected",
+                         self.counters.n_malformed)
             return
+        index = volume.index
+        self.counters.n_received += 1
         if index in self._seen:
             self.counters.n_duplicates += 1
             router.send_multipart([identity, protocol.encode_reply(
@@ -291,9 +353,8 @@ class Server:
             event = self.pipeline.step(volume)
         except RtfmriError as exc:
             self.counters.n_rejected += 1
-            log.warning("volume %d rejected: %s", index, exc)
-            router.send_multipart([identity, protocol.encode_reply(
-                protocol.ERROR, index, error=str(exc))])
+            self._refuse(router, identity, index, exc, f"volume {index} rejected",
+                         self.counters.n_rejected)
             return
         event.t_received = t_received
         event.t_published = time.time()
@@ -301,14 +362,41 @@ class Server:
         xpub.send_multipart(protocol.encode_feedback(event))
         router.send_multipart([identity, protocol.encode_reply(
             protocol.ACK, index, status="received")])
-        self._after_publish(volume, event, t_sent)
+        self._after_publish(volume, event, header.get("t_sent"))
+
+    @staticmethod
+    def _refuse(router: zmq.Socket, identity: zmq.Frame, index: int | None,
+                exc: RtfmriError, what: str, count: int) -> None:
+        """Answer the sender with the error; log it unless too many of its kind came."""
+        if _should_log(count):
+            later = (f"; later ones: one line per {LOG_EVERY}"
+                     if count == LOGGED_REFUSALS else "")
+            log.warning("%s (%d so far%s): %s", what, count, later, exc)
+        router.send_multipart([identity, protocol.encode_reply(
+            protocol.ERROR, index, error=str(exc))])
 
     def _after_publish(self, volume, event: protocol.FeedbackEvent,
                        t_sent: float | None) -> None:
-        self.counters.n_processed += 1
-        if volume.index != self._last_index + 1 and volume.index > self._last_index:
-            gap = list(range(self._last_index + 1, volume.index))
-            log.warning("volumes %s have not arrived (gap before volume %d)", gap, volume.index)
+        counters = self.counters
+        counters.n_processed += 1
+        n_nonfinite = self.pipeline.nonfinite_voxels_
+        if n_nonfinite:
+            counters.n_nonfinite_volumes += 1
+            counters.n_nonfinite_voxels += n_nonfinite
+            if _should_log(counters.n_nonfinite_volumes):
+                log.info("volume %d holds %d non-finite voxels: set aside for processing, "
+                         "recorded as received (%d such volumes so far)", volume.index,
+                         n_nonfinite, counters.n_nonfinite_volumes)
+        if event.value is None:
+            counters.n_withheld += 1
+            if _should_log(counters.n_withheld):
+                log.warning("volume %d: feedback value withheld (%d so far): %s",
+                            volume.index, counters.n_withheld, event.withheld)
+        if volume.index > self._last_index + 1:
+            first, last = self._last_index + 1, volume.index - 1
+            counters.gaps.append([first, last])
+            span = f"volume {first} has" if first == last else f"volumes {first}-{last} have"
+            log.warning("%s not arrived (gap before volume %d)", span, volume.index)
         self._last_index = max(self._last_index, volume.index)
         self._seen.add(volume.index)
         self._results[volume.index] = event
@@ -337,7 +425,10 @@ class Server:
             rep.send(protocol.encode_reply(protocol.ERROR, None, error=str(exc)))
             return
         if request["type"] == protocol.STATUS_REQUEST:
-            rep.send(protocol.encode_status(**vars(self.counters)))
+            counters = vars(self.counters)
+            rep.send(protocol.encode_status(**{
+                **counters, "gaps": counters["gaps"][:MAX_LISTED_RANGES],
+                "missing": counters["missing"][:MAX_LISTED_RANGES]}))
             return
         event = self._results.get(request["volume"])
         if event is None:
@@ -370,5 +461,28 @@ class Server:
                 "smoothing": self.config.decoder.smoothing},
             "registration": (self.pipeline.registration_.to_dict()
                              if self.pipeline.registration_ is not None else None),
+            "limits": {
+                "max_volumes": protocol_checks.MAX_VOLUMES,
+                "max_header_bytes": protocol_checks.MAX_HEADER_BYTES,
+                "max_json_depth": protocol_checks.MAX_JSON_DEPTH,
+                "max_voxels": protocol_checks.MAX_VOXELS,
+                "nonfinite_voxels": "counted, recorded as received, set aside for processing",
+            },
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+
+def _volume_channel_header(payload: list) -> dict:
+    """Decode and check the header of a volume-channel message (a volume, or the end)."""
+    if not payload:
+        raise ProtocolError("A message should have at least a header frame. Got none.")
+    header = protocol.parse_header(payload[0].bytes, [protocol.VOLUME, protocol.END])
+    if header["type"] == protocol.END and len(payload) != 1:
+        raise ProtocolError(f"An end-of-run message should have 1 frame (the header). "
+                            f"Got {len(payload)}.")
+    return header
+
+
+def _should_log(count: int) -> bool:
+    """Log the first :data:`LOGGED_REFUSALS` events of a kind, then one in :data:`LOG_EVERY`."""
+    return count <= LOGGED_REFUSALS or count % LOG_EVERY == 0
