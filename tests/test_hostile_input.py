@@ -346,7 +346,8 @@ def test_a_nan_background_is_set_aside_not_rejected(served):
 
 def test_a_volume_without_finite_roi_signal_has_its_feedback_withheld(served):
     """All NaN, or NaN over half the brain: recorded as received, kept out of the baseline,
-    and published with ``value`` null and a reason, never NaN and never made up."""
+    and published with ``value`` null and a reason, never NaN and never made up.
+    """
     half = served.blob.data.copy()
     half[:16] = np.nan
     sent = [None, None, np.full(served.blob.shape, np.nan, np.float32), half, None]
@@ -389,7 +390,8 @@ def test_a_withheld_value_travels_as_null_with_a_reason():
 def test_the_display_shows_the_neutral_state_for_a_withheld_value():
     """A withheld value moves the bar to baseline in the neutral colour (one
     ``feedback_unavailable`` row), leaves intermittent means alone, and the next value
-    is shown as usual."""
+    is shown as usual.
+    """
     def event(volume, value, withheld=None):
         return protocol.FeedbackEvent(volume=volume, value=value, censored=False, fd=0.1,
                                       withheld=withheld)

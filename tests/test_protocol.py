@@ -231,7 +231,8 @@ def test_any_frame_is_a_header_or_a_protocol_error(frame):
 @given(name=st.sampled_from(VOLUME_FIELDS), value=JSON_VALUES)
 def test_any_field_value_is_a_volume_or_a_protocol_error(name, value):
     """One field of a valid header replaced by any JSON value: a volume whose header
-    round-trips, or a ProtocolError whose message is short; never another exception."""
+    round-trips, or a ProtocolError whose message is short; never another exception.
+    """
     try:
         frames = frames_with({name: value})
     except ValueError:  # json cannot write it (an integer too long for str())
@@ -267,7 +268,8 @@ def test_nesting_is_bounded_and_brackets_in_strings_do_not_count(depth, in_strin
 )
 def test_pathological_headers_are_refused_in_linear_time(frame):
     """The bounds are checked in time linear in the frame: none of these takes a second
-    (a backtracking string scan took 24 s on the first)."""
+    (a backtracking string scan took 24 s on the first).
+    """
     start = time.perf_counter()
     try:
         protocol.parse_header(frame, [protocol.VOLUME])
