@@ -55,6 +55,9 @@ class DisplayOptions:
     pictures : Path or None
         Cue picture folder, overriding the paradigm's; None: the paradigm's, else the
         shipped placeholders.
+    curve : Path or None
+        Folder of CURVE certificates for the feedback channel (``server.key`` and
+        ``client_display.key_secret``); None: no CURVE.
 
     Raises
     ------
@@ -81,6 +84,7 @@ class DisplayOptions:
     stale_after: float | None = None
     skip_ratings: bool = False
     pictures: Path | None = None
+    curve: Path | None = None
 
     def __post_init__(self) -> None:
         """Check every value (see Raises)."""
