@@ -7,9 +7,13 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
+import socket
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from rtserver import __version__
@@ -304,13 +308,40 @@ def _interval(args: argparse.Namespace, tr: float) -> float | None:
     return tr
 
 
-def _handle_signals(server) -> None:
-    def stop(signum: int, _frame: object) -> None:
-        log.info("received %s; finishing the run", signal.Signals(signum).name)
-        server.stop()
+@contextlib.contextmanager
+def _signals_stop(server) -> Iterator[None]:
+    """Make SIGINT and SIGTERM finish the run (everything received is flushed first).
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    A Python signal handler runs in the main thread between two bytecodes: a signal that
+    lands after the serving thread's last check and before it blocks in its poll would wait
+    there for the next message. So the signal is also written to a wake-up socket
+    (:func:`signal.set_wakeup_fd`, done by the interpreter the moment it lands), and a
+    watcher thread stops the server from there (:meth:`Server.stop` is thread-safe).
+    """
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+
+    def watch() -> None:
+        with reader:
+            while data := reader.recv(16):
+                for signum in data:
+                    if signum in (signal.SIGINT, signal.SIGTERM):
+                        log.info("received %s; finishing the run", signal.Signals(signum).name)
+                        server.stop()
+
+    watcher = threading.Thread(target=watch, name="signals", daemon=True)
+    watcher.start()
+    previous = {signum: signal.signal(signum, lambda *_: None)  # the watcher acts
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    old_fd = signal.set_wakeup_fd(writer.fileno())
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        writer.close()  # the watcher reads the end and returns
+        watcher.join(5)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -319,8 +350,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     server = Server(_config_from(args), args.out, n_volumes=args.n_volumes,
                     wait_display=args.wait_display)
-    _handle_signals(server)  # before binding: a signal as soon as it listens ends the run
-    with server:
+    with _signals_stop(server), server:  # before binding: a signal at once ends the run
         server.run()
     return 0
 
@@ -414,10 +444,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 getattr(configured, channel) == getattr(NetworkConfig(), channel)):
             setattr(args, channel, FREE_PORT)
     server = Server(_config_from(args), args.out, wait_display=args.wait_display)
-    _handle_signals(server)
     interval = _interval(args, source.tr)
-    with tqdm(total=source.n_volumes, unit="vol", disable=None, desc="replay",
-              leave=False) as progress:
+    with _signals_stop(server), tqdm(total=source.n_volumes, unit="vol", disable=None,
+                                     desc="replay", leave=False) as progress:
         report, counters = replay(source, server, interval, progress=progress)
     if counters is None:
         return 1
@@ -510,7 +539,7 @@ SETTING_OPTIONS = {
 
 
 def error_line(exc: RtfmriError) -> str:
-    """The one line printed for an error: its message, and the option(s) that change it.
+    """Return the one line printed for an error: its message and the option(s) that fix it.
 
     ``setting`` may name several settings, comma-separated, any of which fixes the error.
     """
