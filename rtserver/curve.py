@@ -66,7 +66,7 @@ class KeysReport:
 
 
 def client_name(name: str) -> str:
-    """The certificate name of client ``name`` (``bridge`` -> ``client_bridge``).
+    """Return the certificate name of client ``name`` (``bridge`` -> ``client_bridge``).
 
     Parameters
     ----------
@@ -140,7 +140,7 @@ def make_keys(folder: str | Path, clients: tuple[str, ...] | list[str] = DEFAULT
 
 
 def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
-    """The (public, secret) keys of one certificate file, with expected/got errors."""
+    """Read the (public, secret) keys of one certificate file, with expected/got errors."""
     made_by = "as made by `rtserver keys`"
     if not path.is_file():
         raise InputError(f"The CURVE keys folder {path.parent} should hold {path.name} "
@@ -168,7 +168,7 @@ def _folder(folder: str | Path) -> Path:
 
 
 def load_allow_list(folder: str | Path) -> dict[bytes, str]:
-    """The clients the server lets in: every ``client_*.key`` of ``folder``.
+    """Read the clients the server lets in: every ``client_*.key`` of ``folder``.
 
     Returns
     -------
@@ -260,7 +260,7 @@ class _AllowList:
         self._lock = threading.Lock()
 
     def callback(self, domain: str, key: bytes) -> bool:
-        """Called by the authenticator's thread for every CURVE handshake."""
+        """Admit a known key, refuse (and log once) any other; run by the authenticator's thread."""
         if key in self.allowed:
             log.debug("CURVE client %s admitted", self.allowed[key])
             return True
@@ -377,7 +377,7 @@ class CurveServer:
 
 # --------------------------------------------------------------------------- endpoints
 def is_loopback(endpoint: str) -> bool:
-    """True if binding ``endpoint`` keeps the socket on this machine.
+    """Tell whether binding ``endpoint`` keeps the socket on this machine.
 
     ``ipc://`` and ``inproc://`` are local; a ``tcp://`` endpoint is local only on a
     127.x.x.x address, ``::1``, ``localhost`` or the ``lo`` interface. ``*``, ``0.0.0.0``,

@@ -211,6 +211,7 @@ def test_known_clients_work_and_unknown_ones_are_refused_on_every_channel(
         assert handshake(sock, endpoints[channel]) == zmq.Event.HANDSHAKE_FAILED_AUTH, channel
     for channel, sock in plain.items():
         assert handshake(sock, endpoints[channel]) in FAILED, channel
+    assert not server.subscribed.is_set()  # no subscription got through
     for peers in (strangers, plain):  # queued on their side (if at all); never delivered
         for sock, frames in ((peers["volumes"], protocol.encode_volume(volumes[0])),
                              (peers["results"], [protocol.encode_status_request()])):

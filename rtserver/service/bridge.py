@@ -132,9 +132,11 @@ class ScannerBridge:
         return self._refused
 
     def __enter__(self) -> ScannerBridge:
+        """Connect (see :meth:`start`)."""
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
+        """Close the socket."""
         self.close()
 
     # ------------------------------------------------------------------ sending
@@ -205,9 +207,8 @@ class ScannerBridge:
             reply = self._await_reply(index, wait_until)
             if reply is not None:
                 return reply
-            self._handshake_refused()
+            refused = self._handshake_refused()
             if time.monotonic() >= deadline:
-                refused = self._handshake_refused()
                 if refused is not None:
                     raise TransportError(f"The server at {self.address} {refused}; no volume "
                                          f"was accepted within {self.timeout:g} s.")

@@ -62,7 +62,7 @@ def bind(socket: zmq.Socket, endpoint: str) -> str:
 
 
 def channel_security(network: NetworkConfig) -> CurveServer | None:
-    """The CURVE side of the server's channels, after checking who can reach them.
+    """Check who can reach the server's channels; return their CURVE side, if any.
 
     Returns
     -------
