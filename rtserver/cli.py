@@ -7,13 +7,9 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
-import socket
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from rtserver import __version__
@@ -124,23 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(replay)
     _add_pacing(replay, default_asap=False)
     replay.add_argument("--volumes", metavar="ADDR",
-                        help=f"volume channel to bind (default: {FREE_PORT}, a free loopback "
-                        f"port)")
-    replay.add_argument("--feedback", metavar="ADDR",
-                        help=f"feedback channel to bind (PUB, default: {FREE_PORT}; the "
-                        "endpoint bound is logged)")
-    replay.add_argument("--results", metavar="ADDR",
-                        help=f"results channel to bind (REP, default: {FREE_PORT})")
+                        help=f"volume channel to bind (default {FREE_PORT}: a free loopback "
+                        "port; the endpoints bound are logged)")
+    _add_output_endpoints(replay, FREE_PORT, FREE_PORT)
     _add_security(replay, server=True)
     replay.set_defaults(func=cmd_replay)
 
     keys = commands.add_parser(
         "keys", help="make CURVE certificates for the server and its clients",
-        description="Write ZeroMQ CURVE certificates (pyzmq's format) into DIR: server.key / "
-        "server.key_secret and client_NAME.key / client_NAME.key_secret for each client. The "
-        "server needs server.key_secret and every client_*.key (its allow-list); each client "
-        "needs server.key and its own client_NAME.key_secret. Existing certificates are kept, "
-        "so running it again only adds missing clients.")
+        description="Write ZeroMQ CURVE certificates (pyzmq's format) into DIR: server.key(_secret) "
+        "and client_NAME.key(_secret) per client. Existing ones are kept (a rerun adds only "
+        "missing clients). Who needs which file: docs/protocol.md.")
     keys.add_argument("folder", type=Path, metavar="DIR", help="folder of the certificates")
     keys.add_argument("--client", action="append", metavar="NAME", dest="clients",
                       help="make a certificate for client NAME (repeatable; default: "
@@ -253,11 +243,12 @@ def _add_security(parser: argparse.ArgumentParser, server: bool) -> None:
                             "certificates in DIR: server.key and client_bridge.key_secret")
 
 
-def _add_output_endpoints(parser: argparse.ArgumentParser) -> None:
+def _add_output_endpoints(parser: argparse.ArgumentParser, feedback: str = DEFAULT_FEEDBACK,
+                          results: str = DEFAULT_RESULTS) -> None:
     parser.add_argument("--feedback", metavar="ADDR",
-                        help=f"feedback channel to bind (PUB, default {DEFAULT_FEEDBACK})")
+                        help=f"feedback channel to bind (PUB, default {feedback})")
     parser.add_argument("--results", metavar="ADDR",
-                        help=f"results channel to bind (REP, default {DEFAULT_RESULTS})")
+                        help=f"results channel to bind (REP, default {results})")
 
 
 def _add_pacing(parser: argparse.ArgumentParser, default_asap: bool = False) -> None:
@@ -308,49 +299,14 @@ def _interval(args: argparse.Namespace, tr: float) -> float | None:
     return tr
 
 
-@contextlib.contextmanager
-def _signals_stop(server) -> Iterator[None]:
-    """Make SIGINT and SIGTERM finish the run (everything received is flushed first).
-
-    A Python signal handler runs in the main thread between two bytecodes: a signal that
-    lands after the serving thread's last check and before it blocks in its poll would wait
-    there for the next message. So the signal is also written to a wake-up socket
-    (:func:`signal.set_wakeup_fd`, done by the interpreter the moment it lands), and a
-    watcher thread stops the server from there (:meth:`Server.stop` is thread-safe).
-    """
-    reader, writer = socket.socketpair()
-    writer.setblocking(False)
-
-    def watch() -> None:
-        with reader:
-            while data := reader.recv(16):
-                for signum in data:
-                    if signum in (signal.SIGINT, signal.SIGTERM):
-                        log.info("received %s; finishing the run", signal.Signals(signum).name)
-                        server.stop()
-
-    watcher = threading.Thread(target=watch, name="signals", daemon=True)
-    watcher.start()
-    previous = {signum: signal.signal(signum, lambda *_: None)  # the watcher acts
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    old_fd = signal.set_wakeup_fd(writer.fileno())
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(old_fd)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        writer.close()  # the watcher reads the end and returns
-        watcher.join(5)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     """``rtserver serve``."""
     from rtserver.service.server import Server
+    from rtserver.service.signals import stop_on_signals
 
     server = Server(_config_from(args), args.out, n_volumes=args.n_volumes,
                     wait_display=args.wait_display)
-    with _signals_stop(server), server:  # before binding: a signal at once ends the run
+    with stop_on_signals(server), server:  # before binding: a signal at once ends the run
         server.run()
     return 0
 
@@ -430,6 +386,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rtserver.scanner.sources import open_source
     from rtserver.service.replay import output_prefix_from_source, replay
     from rtserver.service.server import Server
+    from rtserver.service.signals import stop_on_signals
 
     _check_tr(args)
     source = open_source(args.source, tr=args.tr)
@@ -445,7 +402,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             setattr(args, channel, FREE_PORT)
     server = Server(_config_from(args), args.out, wait_display=args.wait_display)
     interval = _interval(args, source.tr)
-    with _signals_stop(server), tqdm(total=source.n_volumes, unit="vol", disable=None,
+    with stop_on_signals(server), tqdm(total=source.n_volumes, unit="vol", disable=None,
                                      desc="replay", leave=False) as progress:
         report, counters = replay(source, server, interval, progress=progress)
     if counters is None:
@@ -460,10 +417,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from rtserver.curve import DEFAULT_CLIENTS, make_keys
 
     report = make_keys(args.folder, args.clients or DEFAULT_CLIENTS)
-    for path in report.created:
-        print(f"wrote {path}")
-    for path in report.kept:
-        print(f"kept {path} (already there)")
+    print("\n".join([f"wrote {path}" for path in report.created]
+                    + [f"kept {path} (already there)" for path in report.kept]))
     print(f"the server needs {args.folder}/server.key_secret and the client_*.key files; "
           f"each client needs server.key and its own client_NAME.key_secret")
     return 0
