@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from feedback_display.options import DisplayOptions
-from feedback_display.subscriber import DEFAULT_SERVER, check_endpoint
+from feedback_display.subscriber import CURVE_CLIENT, DEFAULT_SERVER, check_endpoint
+from rtserver.curve import ClientKeys
 from rtserver.errors import RtfmriError
 from rtserver.paradigm import Paradigm
 
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the server's results endpoint: asked before the run whether "
                              "volumes were processed (a restarted display then rejoins the "
                              "run); default: not asked")
+    parser.add_argument("--curve", type=Path, metavar="DIR",
+                        help="encrypt and authenticate the feedback channel with the CURVE "
+                             f"certificates in DIR: server.key and "
+                             f"client_{CURVE_CLIENT}.key_secret (from `rtserver keys`)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write *_events.tsv and *_desc-display.json here; a display "
                              "restarted with the same folder appends and rejoins the run")
@@ -129,13 +134,15 @@ def run(args: argparse.Namespace) -> int:
     """Load the paradigm, open the display, show the run; return the exit code."""
     paradigm = Paradigm.from_file(args.paradigm)
     check_endpoint(args.server)
+    if args.curve is not None:
+        ClientKeys.load(args.curve, CURVE_CLIENT)  # unreadable keys fail before the window
     options = DisplayOptions(
         fullscreen=not args.windowed, timeout=args.timeout, screenshots=args.screenshots,
         out=args.out, subject=args.subject, run=args.run, start_on=args.start_on,
         trigger_keys=args.trigger_key, left_keys=args.left_keys,
         right_keys=args.right_keys, confirm_keys=args.confirm_keys,
         stale_after=args.stale_after, skip_ratings=args.skip_ratings,
-        pictures=args.pictures, results=args.results,
+        pictures=args.pictures, results=args.results, curve=args.curve,
     )
     # The display is imported only now (PsychoPy only when the window opens): bad input
     # above fails fast, without opening a window.

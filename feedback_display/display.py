@@ -190,7 +190,7 @@ class FeedbackDisplay:
         gc.freeze()
         self._reset_state()
         self._window.start_keyboard()
-        subscriber = FeedbackSubscriber(self.server)
+        subscriber = FeedbackSubscriber(self.server, curve=self.options.curve)
         try:
             subscriber.start()
         except BaseException:

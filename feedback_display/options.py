@@ -59,6 +59,9 @@ class DisplayOptions:
         The server's results endpoint, asked before the run whether volumes were already
         processed (then the display rejoins the run: see :mod:`feedback_display.rejoin`);
         None: not asked.
+    curve : Path or None
+        Folder of CURVE certificates for the feedback channel (``server.key`` and
+        ``client_display.key_secret``); None: no CURVE.
 
     Raises
     ------
@@ -86,6 +89,7 @@ class DisplayOptions:
     skip_ratings: bool = False
     pictures: Path | None = None
     results: str | None = None
+    curve: Path | None = None
 
     def __post_init__(self) -> None:
         """Check every value (see Raises)."""

@@ -17,15 +17,19 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
 from rtserver import protocol
+from rtserver.curve import ClientKeys
 from rtserver.errors import ConfigError, ProtocolError, TransportError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = protocol.DEFAULT_FEEDBACK
+#: The display's client certificate in a CURVE keys folder (``client_display.key_secret``).
+CURVE_CLIENT = "display"
 #: Malformed messages logged one by one; later ones are only counted.
 MAX_LOGGED_MALFORMED = 20
 #: Seconds to wait for the results channel's answer to a status request.
@@ -96,6 +100,11 @@ class FeedbackSubscriber:
         Poll timeout of the receiving thread; bounds how long :meth:`close` waits.
     context : zmq.Context or None
         Context to create the socket in; a private one (terminated on close) if None.
+    curve : str or Path or None
+        Folder of CURVE certificates (:mod:`rtserver.curve`): the channel is then encrypted
+        and the display authenticates with ``client_<curve_client>.key_secret``.
+    curve_client : str
+        Name of the display's client certificate in ``curve``.
 
     Raises
     ------
@@ -103,6 +112,8 @@ class FeedbackSubscriber:
         If ``address`` is not a ZeroMQ endpoint.
     ConfigError
         If ``poll_ms`` is below 1.
+    InputError
+        If the CURVE certificates cannot be read.
 
     Attributes
     ----------
@@ -116,10 +127,12 @@ class FeedbackSubscriber:
     """
 
     def __init__(self, address: str = DEFAULT_SERVER, poll_ms: int = 20,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: str | Path | None = None,
+                 curve_client: str = CURVE_CLIENT) -> None:
         self.address = check_endpoint(address)
         if poll_ms < 1:
             raise ConfigError(f"'poll_ms' should be >= 1. Got {poll_ms!r}.")
+        self._keys = ClientKeys.load(curve, curve_client) if curve is not None else None
         self.poll_ms = poll_ms
         self.queue: queue.Queue[Arrival] = queue.Queue()
         self._own_context = context is None
@@ -166,6 +179,8 @@ class FeedbackSubscriber:
         socket = self._context.socket(zmq.SUB)
         socket.setsockopt(zmq.LINGER, 0)
         try:
+            if self._keys is not None:
+                self._keys.apply(socket)
             socket.setsockopt(zmq.SUBSCRIBE, protocol.FEEDBACK_TOPIC)
             socket.connect(self.address)
         except zmq.ZMQError as exc:

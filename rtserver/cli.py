@@ -1,4 +1,4 @@
-"""The ``rtserver`` command: serve, send, replay, simulate, demo.
+"""The ``rtserver`` command: serve, send, replay, keys, simulate, train, demo.
 
 Errors on bad input are one line on stderr (``rtserver: error: ...``) and a non-zero exit,
 never a traceback.
@@ -13,12 +13,15 @@ import sys
 from pathlib import Path
 
 from rtserver import __version__
-from rtserver.config import load_config
+from rtserver.config import NetworkConfig, load_config
 from rtserver.errors import InputError, RtfmriError
 from rtserver.protocol import DEFAULT_FEEDBACK, DEFAULT_RESULTS, DEFAULT_VOLUMES
 from rtserver.scanner.readers import FORMATS
 
 log = logging.getLogger("rtserver")
+
+#: Where a replay binds a channel unless told otherwise: a free loopback port.
+FREE_PORT = "tcp://127.0.0.1:*"
 
 DESCRIPTION = """\
 Real-time fMRI neurofeedback of cortico-striatal drug-versus-food cue reactivity.
@@ -26,12 +29,14 @@ Real-time fMRI neurofeedback of cortico-striatal drug-versus-food cue reactivity
   rtserver serve    --out DIR               run the server for one run
   rtserver send     SOURCE                  scanner bridge: send a series to a server
   rtserver replay   SOURCE --out DIR        serve + send in one command
+  rtserver keys     DIR                     make CURVE certificates for the server and clients
   rtserver simulate --out DIR ...           write a synthetic BIDS session with known truth
   rtserver train    --bids DIR --subject ID --out FILE
                                             train a subject's decoder from their localizer
   rtserver demo     --out DIR               simulate, serve, display and replay a session
 
 All addresses are ZeroMQ endpoints (tcp://host:port) and default to 127.0.0.1 only.
+Binding beyond the loopback needs --curve DIR (encrypted, authenticated links) or --insecure.
 """
 
 
@@ -59,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--volumes", metavar="ADDR", help=f"volume channel to bind "
                        f"(default {DEFAULT_VOLUMES})")
     _add_output_endpoints(serve)
+    _add_security(serve, server=True)
     serve.set_defaults(func=cmd_serve)
 
     send = commands.add_parser(
@@ -81,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pacing(send)
     send.add_argument("--timeout", type=float, default=30.0, metavar="S",
                       help="give up after S seconds without an acknowledgement (default 30)")
+    _add_security(send, server=False)
     live = send.add_argument_group("watching a live export folder")
     live.add_argument("--watch", action="store_true",
                       help="follow the folder as the scanner writes into it (inotify)")
@@ -112,10 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", required=True, type=Path, help="output folder of the run")
     _add_run_options(replay)
     _add_pacing(replay, default_asap=False)
-    replay.add_argument("--volumes", metavar="ADDR", default="tcp://127.0.0.1:*",
-                        help="volume channel to bind (default: a free loopback port)")
-    _add_output_endpoints(replay)
+    replay.add_argument("--volumes", metavar="ADDR",
+                        help=f"volume channel to bind (default {FREE_PORT}: a free loopback "
+                        "port; the endpoints bound are logged)")
+    _add_output_endpoints(replay, FREE_PORT, FREE_PORT)
+    _add_security(replay, server=True)
     replay.set_defaults(func=cmd_replay)
+
+    keys = commands.add_parser(
+        "keys", help="make CURVE certificates for the server and its clients",
+        description="Write ZeroMQ CURVE certificates (pyzmq's format) into DIR: server.key(_secret) "
+        "and client_NAME.key(_secret) per client. Existing ones are kept (a rerun adds only "
+        "missing clients). Who needs which file: docs/protocol.md.")
+    keys.add_argument("folder", type=Path, metavar="DIR", help="folder of the certificates")
+    keys.add_argument("--client", action="append", metavar="NAME", dest="clients",
+                      help="make a certificate for client NAME (repeatable; default: "
+                      "bridge, display and results)")
+    keys.set_defaults(func=cmd_keys)
 
     simulate = commands.add_parser(
         "simulate", help="write a synthetic BIDS session with known ground truth",
@@ -209,11 +229,26 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         "taking volumes")
 
 
-def _add_output_endpoints(parser: argparse.ArgumentParser) -> None:
+def _add_security(parser: argparse.ArgumentParser, server: bool) -> None:
+    if server:
+        parser.add_argument("--curve", metavar="DIR",
+                            help="encrypt and authenticate every channel with the CURVE "
+                            "certificates in DIR (from `rtserver keys`): only the clients whose "
+                            "client_*.key is in DIR get in")
+        parser.add_argument("--insecure", action="store_true", default=None,
+                            help="allow binding beyond the loopback without --curve")
+    else:
+        parser.add_argument("--curve", metavar="DIR",
+                            help="encrypt and authenticate the link with the CURVE "
+                            "certificates in DIR: server.key and client_bridge.key_secret")
+
+
+def _add_output_endpoints(parser: argparse.ArgumentParser, feedback: str = DEFAULT_FEEDBACK,
+                          results: str = DEFAULT_RESULTS) -> None:
     parser.add_argument("--feedback", metavar="ADDR",
-                        help=f"feedback channel to bind (PUB, default {DEFAULT_FEEDBACK})")
+                        help=f"feedback channel to bind (PUB, default {feedback})")
     parser.add_argument("--results", metavar="ADDR",
-                        help=f"results channel to bind (REP, default {DEFAULT_RESULTS})")
+                        help=f"results channel to bind (REP, default {results})")
 
 
 def _add_pacing(parser: argparse.ArgumentParser, default_asap: bool = False) -> None:
@@ -233,7 +268,9 @@ def _config_from(args: argparse.Namespace):
     return config.with_overrides(
         network={"volumes": getattr(args, "volumes", None),
                  "feedback": getattr(args, "feedback", None),
-                 "results": getattr(args, "results", None)},
+                 "results": getattr(args, "results", None),
+                 "curve": getattr(args, "curve", None),
+                 "insecure": getattr(args, "insecure", None)},
         run={"subject": args.subject, "task": args.task, "run": args.run},
         roi={"mask": args.roi, "target": args.target},
         motion={"reference": args.reference, "reference_index": args.reference_index,
@@ -262,22 +299,14 @@ def _interval(args: argparse.Namespace, tr: float) -> float | None:
     return tr
 
 
-def _handle_signals(server) -> None:
-    def stop(signum: int, _frame: object) -> None:
-        log.info("received %s; finishing the run", signal.Signals(signum).name)
-        server.stop()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     """``rtserver serve``."""
     from rtserver.service.server import Server
+    from rtserver.service.signals import stop_on_signals
 
-    with Server(_config_from(args), args.out, n_volumes=args.n_volumes,
-                wait_display=args.wait_display) as server:
-        _handle_signals(server)
+    server = Server(_config_from(args), args.out, n_volumes=args.n_volumes,
+                    wait_display=args.wait_display)
+    with stop_on_signals(server), server:  # before binding: a signal at once ends the run
         server.run()
     return 0
 
@@ -300,7 +329,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     log.info("sending %d volumes of %s (%s) to %s, %s", source.n_volumes, source.path,
              source.kind, args.to,
              "as fast as possible" if interval is None else f"one every {interval:g} s")
-    with ScannerBridge(args.to, timeout=args.timeout) as bridge, tqdm(
+    with ScannerBridge(args.to, timeout=args.timeout, curve=args.curve) as bridge, tqdm(
         total=source.n_volumes, unit="vol", disable=None, desc="send", leave=False
     ) as progress:
         report = bridge.send_all(source, interval=interval, progress=progress)
@@ -333,7 +362,7 @@ def _send_watched(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     log.info("watching %s (%s); sending to %s", args.source,
              f"polling every {args.poll:g} s" if args.poll else "file events", args.to)
-    with ScannerBridge(args.to, timeout=args.timeout) as bridge, tqdm(
+    with ScannerBridge(args.to, timeout=args.timeout, curve=args.curve) as bridge, tqdm(
         unit="vol", disable=None, desc="watch", leave=False
     ) as progress:
         report = watch_and_send(
@@ -357,6 +386,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rtserver.scanner.sources import open_source
     from rtserver.service.replay import output_prefix_from_source, replay
     from rtserver.service.server import Server
+    from rtserver.service.signals import stop_on_signals
 
     _check_tr(args)
     source = open_source(args.source, tr=args.tr)
@@ -364,17 +394,34 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for key, value in entities.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    # A replay binds free ports of its own unless told otherwise, so runs never collide.
+    configured = load_config(args.config).network if args.config else NetworkConfig()
+    for channel in ("volumes", "feedback", "results"):
+        if getattr(args, channel) is None and (
+                getattr(configured, channel) == getattr(NetworkConfig(), channel)):
+            setattr(args, channel, FREE_PORT)
     server = Server(_config_from(args), args.out, wait_display=args.wait_display)
-    _handle_signals(server)
     interval = _interval(args, source.tr)
-    with tqdm(total=source.n_volumes, unit="vol", disable=None, desc="replay",
-              leave=False) as progress:
+    with stop_on_signals(server), tqdm(total=source.n_volumes, unit="vol", disable=None,
+                                     desc="replay", leave=False) as progress:
         report, counters = replay(source, server, interval, progress=progress)
     if counters is None:
         return 1
     log.info("replayed %d volumes into %s (%d duplicates dropped, %d rejected)",
              counters.n_processed, args.out, counters.n_duplicates, len(report.rejected))
     return 1 if report.rejected else 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``rtserver keys``."""
+    from rtserver.curve import DEFAULT_CLIENTS, make_keys
+
+    report = make_keys(args.folder, args.clients or DEFAULT_CLIENTS)
+    print("\n".join([f"wrote {path}" for path in report.created]
+                    + [f"kept {path} (already there)" for path in report.kept]))
+    print(f"the server needs {args.folder}/server.key_secret and the client_*.key files; "
+          f"each client needs server.key and its own client_NAME.key_secret")
+    return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -442,14 +489,23 @@ SETTING_OPTIONS = {
     "watch": "--watch", "motion.reference": "--reference",
     "motion.reference_index": "--reference-index", "decoder.model": "--model",
     "format": "--format", "slices": "--slices",
+    "network.curve": "--curve", "network.insecure": "--insecure",
 }
 
 
 def error_line(exc: RtfmriError) -> str:
-    """The one line printed for an error: its message, and the option that changes it."""
+    """Return the one line printed for an error: its message and the option(s) that fix it.
+
+    ``setting`` may name several settings, comma-separated, any of which fixes the error.
+    """
     message = " ".join(str(exc).split())
-    option = SETTING_OPTIONS.get(getattr(exc, "setting", None) or "")
-    return f"{message} (option {option})" if option else message
+    settings = (getattr(exc, "setting", None) or "").split(",")
+    options = [SETTING_OPTIONS[name] for name in settings if name in SETTING_OPTIONS]
+    if not options:
+        return message
+    if len(options) == 1:
+        return f"{message} (option {options[0]})"
+    return f"{message} (options {' or '.join(options)})"
 
 
 def main(argv: list[str] | None = None) -> int:

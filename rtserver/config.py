@@ -6,6 +6,8 @@ A config file is TOML with optional tables; anything left out keeps its default:
     volumes = "tcp://127.0.0.1:5555"    # bridge -> server (ROUTER)
     feedback = "tcp://127.0.0.1:5556"   # server -> display (PUB)
     results = "tcp://127.0.0.1:5557"    # "the result for volume N" (REP)
+    curve = "path/to/keys"   # CurveZMQ on all three channels (folder made by `rtserver keys`)
+    insecure = false         # allow binding beyond the loopback without CURVE
 
     [run]
     subject = "01"
@@ -68,11 +70,18 @@ from rtserver.protocol import DEFAULT_FEEDBACK, DEFAULT_RESULTS, DEFAULT_VOLUMES
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """ZeroMQ endpoints the server binds."""
+    """ZeroMQ endpoints the server binds, and how they are secured.
+
+    ``curve``: a folder of CURVE certificates (:mod:`rtserver.curve`); every channel is then
+    encrypted and open only to the clients on its allow-list. Without it, an endpoint beyond
+    the loopback is refused unless ``insecure`` is true.
+    """
 
     volumes: str = DEFAULT_VOLUMES
     feedback: str = DEFAULT_FEEDBACK
     results: str = DEFAULT_RESULTS
+    curve: str | None = None
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,6 +254,9 @@ def validate(config: Config) -> Config:
                 f"[network] '{name}' should be a ZeroMQ endpoint like tcp://127.0.0.1:5555. "
                 f"Got {endpoint!r}."
             )
+    if config.network.curve is not None and not config.network.curve.strip():
+        raise ConfigError(f"[network] 'curve' should name a folder of CURVE certificates. "
+                          f"Got {config.network.curve!r}.")
     if not re.fullmatch(r"[A-Za-z0-9]+", config.run.subject):
         raise ConfigError(f"[run] 'subject' should be alphanumeric. Got {config.run.subject!r}.")
     if not re.fullmatch(r"[A-Za-z0-9]+", config.run.task):

@@ -43,11 +43,12 @@ def program_argv(command: str) -> list[str]:
 
 
 def test_services_are_the_server_bridge_and_display(resolved):
-    assert {"server", "bridge", "display", "simulate"} <= set(resolved["services"])
+    assert {"server", "bridge", "display", "simulate", "keys"} <= set(resolved["services"])
 
 
 @pytest.mark.parametrize(("service", "program", "subcommand"), [
     ("simulate", "rtserver", "simulate"),
+    ("keys", "rtserver", "keys"),
     ("server", "rtserver", "serve"),
     ("bridge", "rtserver", "send"),
     ("display", "feedback-display", None),
@@ -63,6 +64,39 @@ def test_each_command_parses_with_the_projects_cli(resolved, service, program, s
 
         args = display_parser().parse_args(argv[1:])
         assert args.server == "tcp://server:5556"
+
+
+def test_every_link_uses_the_keys_the_keys_service_makes(resolved):
+    """Server, bridge and display name the folder `rtserver keys` writes; the server binds
+    beyond the loopback only with CURVE; only the keys service can write the keys.
+    """
+    from feedback_display.cli import build_parser as display_parser
+    from rtserver.curve import is_loopback
+
+    services = resolved["services"]
+    folder = str(build_parser().parse_args(program_argv(services["keys"]["command"])[1:]).folder)
+    server = build_parser().parse_args(program_argv(services["server"]["command"])[1:])
+    bridge = build_parser().parse_args(program_argv(services["bridge"]["command"])[1:])
+    display = display_parser().parse_args(program_argv(services["display"]["command"])[1:])
+    assert server.curve == bridge.curve == str(display.curve) == folder
+    assert not server.insecure
+    assert not all(is_loopback(e) for e in (server.volumes, server.feedback, server.results))
+    assert "keys" in services["server"]["depends_on"]
+    for name, service in services.items():
+        mounts = [mount(v) for v in service.get("volumes", [])]
+        keys = [m for m in mounts if m["target"] == folder]
+        assert len(keys) == 1, f"{name} does not mount the keys volume at {folder}"
+        assert keys[0]["source"] == "keys"
+        assert keys[0]["read_only"] is (name != "keys"), name
+
+
+def mount(volume: str | dict) -> dict:
+    """A service's volume, in short (``src:dst:mode``) or long syntax, as one dict."""
+    if isinstance(volume, dict):
+        return {"source": volume.get("source"), "target": volume["target"],
+                "read_only": bool(volume.get("read_only", False))}
+    source, target, *mode = volume.split(":")
+    return {"source": source, "target": target, "read_only": mode == ["ro"]}
 
 
 def test_ports_are_published_on_loopback_only(resolved):

@@ -13,14 +13,26 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from rtserver import protocol
+from rtserver.curve import ClientKeys
 from rtserver.errors import InputError, ProtocolError, TransportError
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
+
+#: Socket events that mean the server would not shake hands (CURVE refused or mismatched).
+_HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused the bridge's CURVE certificate: its public key "
+    "is not on the server's allow-list",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "failed the security handshake: both ends should "
+    "use CURVE with the same server key, or neither should",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "failed the security handshake",
+}
 
 
 @dataclass
@@ -46,10 +58,22 @@ class ScannerBridge:
         Seconds without any acknowledgement after which the bridge gives up.
     context : zmq.Context or None
         Shared context (the global instance when ``None``).
+    curve : str or Path or None
+        Folder of CURVE certificates (:mod:`rtserver.curve`): the link is then encrypted and
+        the bridge authenticates with the certificate ``client_<curve_client>``.
+    curve_client : str
+        Name of the bridge's client certificate in ``curve``.
+
+    Raises
+    ------
+    InputError
+        If the address is not an endpoint, a timeout is not positive, or the CURVE
+        certificates cannot be read.
     """
 
     def __init__(self, address: str, ack_timeout: float = 1.0, timeout: float = 30.0,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: str | Path | None = None,
+                 curve_client: str = "bridge") -> None:
         if not protocol.is_endpoint(address):
             raise InputError(
                 f"The server's volume endpoint should be a ZeroMQ endpoint like "
@@ -61,17 +85,29 @@ class ScannerBridge:
         self.ack_timeout = ack_timeout
         self.timeout = timeout
         self._context = context or zmq.Context.instance()
+        self._keys = ClientKeys.load(curve, curve_client) if curve is not None else None
         self._socket: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._refused: str | None = None
         self.report = SendReport(rejected={})
 
     def start(self) -> ScannerBridge:
         """Connect to the server (ZeroMQ connects lazily: the server may come up later)."""
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        # A server that refused the handshake leaves no peer: a send would wait for one.
+        sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.ack_timeout * 1000)))
+        if self._keys is not None:
+            self._keys.apply(sock)
+        events = 0
+        for event in _HANDSHAKE_FAILURES:
+            events |= event
+        self._monitor = sock.get_monitor_socket(events)
         try:
             sock.connect(self.address)
         except zmq.ZMQError as exc:
-            sock.close()
+            self._socket = sock
+            self.close()
             raise TransportError(f"Cannot connect to {self.address}: {exc.strerror}.") from None
         self._socket = sock
         return self
@@ -79,13 +115,28 @@ class ScannerBridge:
     def close(self) -> None:
         """Close the socket."""
         if self._socket is not None:
+            if self._monitor is not None:
+                self._socket.disable_monitor()
+                self._monitor.close()
+                self._monitor = None
             self._socket.close()
             self._socket = None
 
+    def _handshake_refused(self) -> str | None:
+        """Why the server would not shake hands, if it would not (checked without waiting)."""
+        while self._monitor is not None and self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event in _HANDSHAKE_FAILURES and self._refused is None:
+                self._refused = _HANDSHAKE_FAILURES[event]
+                log.warning("the server at %s %s", self.address, self._refused)
+        return self._refused
+
     def __enter__(self) -> ScannerBridge:
+        """Connect (see :meth:`start`)."""
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
+        """Close the socket."""
         self.close()
 
     # ------------------------------------------------------------------ sending
@@ -147,13 +198,20 @@ class ScannerBridge:
                 self.report.n_resent += 1
                 log.info("no acknowledgement for %s after %.1f s; resending", what,
                          self.ack_timeout)
-            self._socket.send_multipart(frames, copy=False)
+            try:
+                self._socket.send_multipart(frames, copy=False)
+            except zmq.Again:
+                pass  # no server to queue it for (or it refused us): wait, then resend
             first = False
             wait_until = min(deadline, time.monotonic() + self.ack_timeout)
             reply = self._await_reply(index, wait_until)
             if reply is not None:
                 return reply
+            refused = self._handshake_refused()
             if time.monotonic() >= deadline:
+                if refused is not None:
+                    raise TransportError(f"The server at {self.address} {refused}; no volume "
+                                         f"was accepted within {self.timeout:g} s.")
                 raise TransportError(
                     f"The server at {self.address} did not acknowledge {what} within "
                     f"{self.timeout:g} s. Is `rtserver serve` running there?"

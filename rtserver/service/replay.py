@@ -67,7 +67,8 @@ def replay(source: VolumeSource, server: Server, interval: float | None,
     source : VolumeSource
         The recorded session.
     server : Server
-        A configured, not yet started server.
+        A configured, not yet started server; with CURVE on (``config.network.curve``) the
+        bridge authenticates with the ``client_bridge`` certificate of the same folder.
     interval : float or None
         Seconds between volumes (``None`` as fast as possible).
     progress : tqdm-like or None
@@ -75,7 +76,8 @@ def replay(source: VolumeSource, server: Server, interval: float | None,
     """
     thread = ServerThread(server).start()
     try:
-        with ScannerBridge(server.endpoints["volumes"]) as bridge:
+        with ScannerBridge(server.endpoints["volumes"],
+                           curve=server.config.network.curve) as bridge:
             report = bridge.send_all(source, interval=interval, progress=progress)
         counters = thread.join()
     except BaseException:

@@ -28,9 +28,10 @@ from pathlib import Path
 import zmq
 
 from rtserver import __version__, protocol, protocol_checks
-from rtserver.config import Config
+from rtserver.config import Config, NetworkConfig
 from rtserver.core.pipeline import Pipeline
-from rtserver.errors import InputError, ProtocolError, RtfmriError, TransportError
+from rtserver.curve import CurveServer, is_loopback
+from rtserver.errors import ConfigError, InputError, ProtocolError, RtfmriError, TransportError
 from rtserver.service.recording import Record, RunRecorder
 from rtserver.service.session import Session
 
@@ -126,6 +127,40 @@ def bind(socket: zmq.Socket, endpoint: str) -> str:
     return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+def channel_security(network: NetworkConfig) -> CurveServer | None:
+    """Check who can reach the server's channels; return their CURVE side, if any.
+
+    Returns
+    -------
+    CurveServer or None
+        The server's keys and allow-list when ``network.curve`` is set, else ``None``.
+
+    Raises
+    ------
+    ConfigError
+        If an endpoint reaches beyond the loopback without CURVE and ``network.insecure``
+        is not set.
+    InputError
+        If the CURVE certificates are missing or damaged.
+    """
+    if network.curve is not None:
+        return CurveServer(network.curve)
+    exposed = {name: getattr(network, name) for name in ("volumes", "feedback", "results")
+               if not is_loopback(getattr(network, name))}
+    if not exposed:
+        return None
+    names = ", ".join(f"{endpoint} ({name})" for name, endpoint in exposed.items())
+    if not network.insecure:
+        raise ConfigError(
+            f"Refusing to bind {names} without CURVE: beyond the loopback anyone could send "
+            f"volumes and read the feedback. Expected a CURVE keys folder (network.curve) or "
+            f"an explicit network.insecure = true; got neither.",
+            setting="network.curve,network.insecure")
+    log.warning("binding %s WITHOUT CURVE (insecure): anyone who can reach it can send "
+                "volumes and read the feedback", names)
+    return None
+
+
 class Server:
     """Serve one run.
 
@@ -172,21 +207,39 @@ class Server:
         self._last_index = -1
         self._recorder: RunRecorder | None = None
         self._sockets: dict[str, zmq.Socket] = {}
+        self._curve: CurveServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Server:
-        """Bind the three sockets (call from the thread that will call :meth:`run`)."""
+        """Bind the three sockets (call from the thread that will call :meth:`run`).
+
+        With ``config.network.curve`` every channel is CURVE-encrypted and admits only the
+        clients on the allow-list (the authenticator runs until the sockets are closed).
+
+        Raises
+        ------
+        ConfigError
+            If an endpoint reaches beyond the loopback without CURVE or ``insecure``.
+        InputError
+            If the output folder cannot be created, or the CURVE keys cannot be read.
+        TransportError
+            If an endpoint cannot be bound.
+        """
+        network = self.config.network
+        curve = channel_security(network)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"Cannot create the output folder {self.out_dir}: "
                              f"{exc.strerror}.") from None
-        network = self.config.network
+        self._curve = curve.start(self._context) if curve is not None else None
         router = self._context.socket(zmq.ROUTER)
         xpub = self._context.socket(zmq.XPUB)
         rep = self._context.socket(zmq.REP)
         for sock in (router, xpub, rep):
             sock.setsockopt(zmq.LINGER, 1000)
+            if curve is not None:
+                curve.secure(sock)
         xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
         control = self._context.socket(zmq.PULL)
         control.setsockopt(zmq.LINGER, 0)
@@ -202,8 +255,9 @@ class Server:
         except TransportError:
             self._close_sockets()
             raise
-        log.info("listening: volumes %s, feedback %s, results %s", self.endpoints["volumes"],
-                 self.endpoints["feedback"], self.endpoints["results"])
+        log.info("listening: volumes %s, feedback %s, results %s%s", self.endpoints["volumes"],
+                 self.endpoints["feedback"], self.endpoints["results"],
+                 " (CURVE)" if curve is not None else "")
         self.ready.set()
         return self
 
@@ -322,6 +376,9 @@ class Server:
         sockets, self._sockets = self._sockets, {}
         for sock in sockets.values():
             sock.close()
+        curve, self._curve = self._curve, None
+        if curve is not None:
+            curve.stop()
 
     # ------------------------------------------------------------------ volume channel
     def _on_volume_message(self, router: zmq.Socket, xpub: zmq.Socket) -> None:
