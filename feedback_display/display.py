@@ -200,7 +200,7 @@ class FeedbackDisplay:
         log.info("connected to %s", self.server)
         results = self.options.results
         self._rule = StartRule(self.options.start_on, self.attempt.rejoins or (
-            results is not None and bool(processed_volumes(results))))
+            results is not None and bool(processed_volumes(results, keys=subscriber.keys))))
         ended_by = "error"
         try:
             ended_by = self._run_phases()

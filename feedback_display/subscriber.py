@@ -132,7 +132,7 @@ class FeedbackSubscriber:
         self.address = check_endpoint(address)
         if poll_ms < 1:
             raise ConfigError(f"'poll_ms' should be >= 1. Got {poll_ms!r}.")
-        self._keys = ClientKeys.load(curve, curve_client) if curve is not None else None
+        self.keys = ClientKeys.load(curve, curve_client) if curve is not None else None
         self.poll_ms = poll_ms
         self.queue: queue.Queue[Arrival] = queue.Queue()
         self._own_context = context is None
@@ -179,8 +179,8 @@ class FeedbackSubscriber:
         socket = self._context.socket(zmq.SUB)
         socket.setsockopt(zmq.LINGER, 0)
         try:
-            if self._keys is not None:
-                self._keys.apply(socket)
+            if self.keys is not None:
+                self.keys.apply(socket)
             socket.setsockopt(zmq.SUBSCRIBE, protocol.FEEDBACK_TOPIC)
             socket.connect(self.address)
         except zmq.ZMQError as exc:
@@ -219,7 +219,8 @@ class FeedbackSubscriber:
 
 
 def processed_volumes(address: str, timeout: float = STATUS_TIMEOUT,
-                      context: zmq.Context | None = None) -> int | None:
+                      context: zmq.Context | None = None,
+                      keys: ClientKeys | None = None) -> int | None:
     """Ask the server's results channel how many volumes it has processed.
 
     Parameters
@@ -230,6 +231,8 @@ def processed_volumes(address: str, timeout: float = STATUS_TIMEOUT,
         Seconds to wait for the answer.
     context : zmq.Context or None
         Context to create the socket in; a private one (terminated on return) if None.
+    keys : ClientKeys or None
+        The display's CURVE keys, when the channels are encrypted.
 
     Returns
     -------
@@ -241,6 +244,8 @@ def processed_volumes(address: str, timeout: float = STATUS_TIMEOUT,
     context = context if context is not None else zmq.Context()
     socket = context.socket(zmq.REQ)
     socket.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        keys.apply(socket)
     try:
         socket.connect(address)
         socket.send(protocol.encode_status_request())
