@@ -35,8 +35,9 @@ from rtserver.curve import (
 from rtserver.errors import ConfigError, InputError, TransportError
 from rtserver.scanner.sources import open_source
 from rtserver.service.bridge import ScannerBridge
+from rtserver.service.channels import channel_security
 from rtserver.service.replay import ServerThread
-from rtserver.service.server import Server, channel_security
+from rtserver.service.server import Server
 from rtserver.volume import Volume
 
 from .conftest import SIEMENS_MOSAIC, SIEMENS_NIFTI, command

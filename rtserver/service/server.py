@@ -21,145 +21,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 
 from rtserver import __version__, protocol, protocol_checks
-from rtserver.config import Config, NetworkConfig
+from rtserver.config import Config
 from rtserver.core.pipeline import Pipeline
-from rtserver.curve import CurveServer, is_loopback
-from rtserver.errors import ConfigError, InputError, ProtocolError, RtfmriError, TransportError
+from rtserver.curve import CurveServer
+from rtserver.errors import InputError, ProtocolError, RtfmriError, TransportError
+from rtserver.service.channels import bind, channel_security, volume_channel_header
 from rtserver.service.recording import Record, RunRecorder
+from rtserver.service.run_info import (
+    LOG_EVERY,
+    LOGGED_REFUSALS,
+    MAX_LISTED_RANGES,
+    Counters,
+    describe_ranges,
+    missing_ranges,
+    should_log,
+)
 from rtserver.service.session import Session
 
 log = logging.getLogger(__name__)
-
-#: Events of one kind (malformed, rejected, withheld, non-finite) logged one line each; later
-#: ones are counted, and one line in :data:`LOG_EVERY` is logged.
-LOGGED_REFUSALS = 20
-LOG_EVERY = 100
-#: Index ranges listed in a status reply (the session JSON lists them all).
-MAX_LISTED_RANGES = 100
-
-
-@dataclass
-class Counters:
-    """What happened during the run, reported in the session JSON and on request.
-
-    Attributes
-    ----------
-    n_received : int
-        Valid volume messages (duplicates included).
-    n_processed : int
-        Volumes processed and published.
-    n_duplicates : int
-        Volumes received again (dropped).
-    n_malformed : int
-        Messages refused by the protocol checks, on the volume and results channels.
-    n_rejected : int
-        Valid volumes the pipeline refused (wrong grid, unusable voxel values).
-    n_nonfinite_volumes, n_nonfinite_voxels : int
-        Processed volumes holding NaN or infinite voxels, and how many such voxels in all
-        (set aside by the pipeline, recorded as received).
-    n_withheld : int
-        Feedback events published without a value (it was not a finite number).
-    n_expected : int or None
-        Volumes the bridge's end-of-run message announced.
-    n_missing : int
-        Volumes of ``0 .. n_expected - 1`` never received.
-    gaps : list of [int, int]
-        ``[first, last]`` index ranges skipped when a later volume arrived (some may have
-        come afterwards, out of order).
-    missing : list of [int, int]
-        ``[first, last]`` index ranges of the volumes never received (at the end).
-    """
-
-    n_received: int = 0
-    n_processed: int = 0
-    n_duplicates: int = 0
-    n_malformed: int = 0
-    n_rejected: int = 0
-    n_nonfinite_volumes: int = 0
-    n_nonfinite_voxels: int = 0
-    n_withheld: int = 0
-    n_expected: int | None = None
-    n_missing: int = 0
-    gaps: list[list[int]] = field(default_factory=list)
-    missing: list[list[int]] = field(default_factory=list)
-
-
-def missing_ranges(seen: Iterable[int], n_expected: int) -> list[list[int]]:
-    """Return the ``[first, last]`` ranges of the indices ``0 .. n_expected - 1`` not in ``seen``.
-
-    Work and memory grow with ``seen``, never with ``n_expected``.
-    """
-    ranges, expected = [], 0
-    for index in sorted(i for i in seen if i < n_expected):
-        if index > expected:
-            ranges.append([expected, index - 1])
-        expected = index + 1
-    if expected < n_expected:
-        ranges.append([expected, n_expected - 1])
-    return ranges
-
-
-def describe_ranges(ranges: list[list[int]], limit: int = 5) -> str:
-    """Write ranges as a short text: ``1-4, 6, 9-12`` (the first ``limit``, then ``...``)."""
-    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit])
-    return text + (f", ... ({len(ranges)} ranges)" if len(ranges) > limit else "")
-
-
-def bind(socket: zmq.Socket, endpoint: str) -> str:
-    """Bind ``socket`` and return the endpoint actually bound (ports may be ``*``).
-
-    Raises
-    ------
-    TransportError
-        If the endpoint cannot be bound (in use, bad address).
-    """
-    try:
-        socket.bind(endpoint)
-    except zmq.ZMQError as exc:
-        raise TransportError(f"Cannot bind {endpoint}: {exc.strerror}.") from None
-    return socket.getsockopt_string(zmq.LAST_ENDPOINT)
-
-
-def channel_security(network: NetworkConfig) -> CurveServer | None:
-    """Check who can reach the server's channels; return their CURVE side, if any.
-
-    Returns
-    -------
-    CurveServer or None
-        The server's keys and allow-list when ``network.curve`` is set, else ``None``.
-
-    Raises
-    ------
-    ConfigError
-        If an endpoint reaches beyond the loopback without CURVE and ``network.insecure``
-        is not set.
-    InputError
-        If the CURVE certificates are missing or damaged.
-    """
-    if network.curve is not None:
-        return CurveServer(network.curve)
-    exposed = {name: getattr(network, name) for name in ("volumes", "feedback", "results")
-               if not is_loopback(getattr(network, name))}
-    if not exposed:
-        return None
-    names = ", ".join(f"{endpoint} ({name})" for name, endpoint in exposed.items())
-    if not network.insecure:
-        raise ConfigError(
-            f"Refusing to bind {names} without CURVE: beyond the loopback anyone could send "
-            f"volumes and read the feedback. Expected a CURVE keys folder (network.curve) or "
-            f"an explicit network.insecure = true; got neither.",
-            setting="network.curve,network.insecure")
-    log.warning("binding %s WITHOUT CURVE (insecure): anyone who can reach it can send "
-                "volumes and read the feedback", names)
-    return None
-
 
 class Server:
     """Serve one run.
@@ -387,7 +271,7 @@ class Server:
         t0 = time.perf_counter()
         identity, payload = frames[0], frames[1:]
         try:
-            header = _volume_channel_header(payload)
+            header = volume_channel_header(payload)
             if header["type"] == protocol.END:
                 self._on_end(protocol.decode_end(header))
                 router.send_multipart([identity, protocol.encode_reply(
@@ -425,7 +309,7 @@ class Server:
     def _refuse(router: zmq.Socket, identity: zmq.Frame, index: int | None,
                 exc: RtfmriError, what: str, count: int) -> None:
         """Answer the sender with the error; log it unless too many of its kind came."""
-        if _should_log(count):
+        if should_log(count):
             later = (f"; later ones: one line per {LOG_EVERY}"
                      if count == LOGGED_REFUSALS else "")
             log.warning("%s (%d so far%s): %s", what, count, later, exc)
@@ -440,13 +324,13 @@ class Server:
         if n_nonfinite:
             counters.n_nonfinite_volumes += 1
             counters.n_nonfinite_voxels += n_nonfinite
-            if _should_log(counters.n_nonfinite_volumes):
+            if should_log(counters.n_nonfinite_volumes):
                 log.info("volume %d holds %d non-finite voxels: set aside for processing, "
                          "recorded as received (%d such volumes so far)", volume.index,
                          n_nonfinite, counters.n_nonfinite_volumes)
         if event.value is None:
             counters.n_withheld += 1
-            if _should_log(counters.n_withheld):
+            if should_log(counters.n_withheld):
                 log.warning("volume %d: feedback value withheld (%d so far): %s",
                             volume.index, counters.n_withheld, event.withheld)
         if volume.index > self._last_index + 1:
@@ -527,19 +411,3 @@ class Server:
             },
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-
-
-def _volume_channel_header(payload: list) -> dict:
-    """Decode and check the header of a volume-channel message (a volume, or the end)."""
-    if not payload:
-        raise ProtocolError("A message should have at least a header frame. Got none.")
-    header = protocol.parse_header(payload[0].bytes, [protocol.VOLUME, protocol.END])
-    if header["type"] == protocol.END and len(payload) != 1:
-        raise ProtocolError(f"An end-of-run message should have 1 frame (the header). "
-                            f"Got {len(payload)}.")
-    return header
-
-
-def _should_log(count: int) -> bool:
-    """Log the first :data:`LOGGED_REFUSALS` events of a kind, then one in :data:`LOG_EVERY`."""
-    return count <= LOGGED_REFUSALS or count % LOG_EVERY == 0
