@@ -29,8 +29,9 @@ MAX_HEADER_BYTES = 65536
 MAX_JSON_DEPTH = 16
 #: Longest number literal in a header (characters); 17 significant digits make a float.
 MAX_NUMBER_CHARS = 40
-#: Volumes a run may hold: indices are ``0 .. MAX_VOLUMES - 1`` (almost 14 h at TR 0.5 s).
-MAX_VOLUMES = 100_000
+#: Volumes a run may hold: indices are ``0 .. MAX_VOLUMES - 1`` (4.5 h at TR 0.5 s). It is
+#: the most a NIfTI-1 file (the recorded ``_bold.nii.gz``, whose ``dim[4]`` is an int16) holds.
+MAX_VOLUMES = 32_767
 #: Most voxels a volume may hold.
 MAX_VOXELS = 512 * 512 * 512
 #: Largest frame a valid message can hold (a volume of MAX_VOXELS float64 voxels): a bound

@@ -234,7 +234,7 @@ def test_known_clients_work_and_unknown_ones_are_refused_on_every_channel(
 
     with ScannerBridge(endpoints["volumes"], curve=keys, timeout=20) as bridge:
         for volume in volumes:
-            assert bridge.send_volume(volume)["status"] == "received"
+            assert bridge.send_volume(volume)["status"] == "recorded"
         req.send(protocol.encode_status_request())
         assert req.poll(10000)
         status = protocol.decode_response(req.recv())

@@ -97,8 +97,9 @@ def test_replay_of_real_siemens_series(tmp_path, processes, context):
     latencies = [float(row["latency_ms"]) for row in rows]
     assert all(latency > 0 for latency in latencies)
     confounds = read_tsv(files["confounds"])
-    assert list(confounds[0]) == ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
-                                  "framewise_displacement"]
+    assert list(confounds[0]) == ["volume", "trans_x", "trans_y", "trans_z", "rot_x", "rot_y",
+                                  "rot_z", "framewise_displacement", "missing"]
+    assert [int(row["volume"]) for row in confounds] == list(range(N_SIEMENS))
     assert len(confounds) == len(read_tsv(files["roi"])) == len(read_tsv(files["xfm"])) == 10
     session = json.loads(files["session"].read_text())
     assert session["status"] == "complete"
@@ -183,13 +184,13 @@ def test_malformed_messages_are_answered_counted_and_survived(tmp_path, processe
         reply = send_raw(dealer, frames)
         assert reply["type"] == "error" and reply["error"], reply
     # A volume of the wrong shape for the run: rejected after the run's first volume.
-    assert send_raw(dealer, protocol.encode_volume(sent[0]))["status"] == "received"
+    assert send_raw(dealer, protocol.encode_volume(sent[0]))["status"] == "recorded"
     wrong = Volume(np.zeros((8, 8, 8), np.int16), sent[1].affine, index=1, tr=1.5)
     reply = send_raw(dealer, protocol.encode_volume(wrong))
     assert reply["type"] == "error" and "wrong shape" in reply["error"]
     # The server still works: the remaining volumes, then a duplicate, then the end.
     for volume in sent[1:]:
-        assert send_raw(dealer, protocol.encode_volume(volume))["status"] == "received"
+        assert send_raw(dealer, protocol.encode_volume(volume))["status"] == "recorded"
     assert send_raw(dealer, protocol.encode_volume(sent[3]))["status"] == "duplicate"
 
     req = context.socket(zmq.REQ)
@@ -220,7 +221,7 @@ def test_sigterm_flushes_what_was_received(tmp_path, processes, context):
     server, dealer, _ = serve_with_dealer(processes, context, out)
     sent = list(open_source(SIEMENS_MOSAIC))[:3]
     for volume in sent:
-        assert send_raw(dealer, protocol.encode_volume(volume))["status"] == "received"
+        assert send_raw(dealer, protocol.encode_volume(volume))["status"] == "recorded"
     server.proc.send_signal(signal.SIGTERM)
     code, stderr = server.finish()
     assert code == 0, stderr
@@ -230,7 +231,8 @@ def test_sigterm_flushes_what_was_received(tmp_path, processes, context):
     for volume in sent:
         assert np.array_equal(bold[..., volume.index], volume.data)
     assert len(read_tsv(files["feedback"])) == 3
-    assert json.loads(files["session"].read_text())["status"] == "complete"
+    # Stopped before the bridge's end of run: resumable, not finished.
+    assert json.loads(files["session"].read_text())["status"] == "interrupted"
 
 
 def test_a_crash_loses_nothing_already_recorded(tmp_path, processes, context):
@@ -239,7 +241,7 @@ def test_a_crash_loses_nothing_already_recorded(tmp_path, processes, context):
     server, dealer, _ = serve_with_dealer(processes, context, out)
     sent = list(open_source(SIEMENS_MOSAIC))[:4]
     for volume in sent:
-        assert send_raw(dealer, protocol.encode_volume(volume))["status"] == "received"
+        assert send_raw(dealer, protocol.encode_volume(volume))["status"] == "recorded"
     files = outputs(out)
     # The recorder writes on its own thread: wait (bounded) until the 4th row is flushed.
     poller_deadline = 200

@@ -79,8 +79,14 @@ PER_VOLUME_PATH: dict[str, tuple[str, ...]] = {
         "encode_feedback", "decode_feedback",
     ),
     "rtserver/service/server.py": (
-        "Server._serve", "Server._run_complete", "Server._on_volume_message", "Server._after_publish",
+        "Server._serve", "Server._poll_once", "Server._on_control", "Server._run_complete",
     ),
+    "rtserver/service/intake.py": (
+        "VolumeIntake.on_message", "VolumeIntake.on_recorded", "VolumeIntake._is_duplicate",
+        "VolumeIntake._process", "VolumeIntake._after_publish", "VolumeIntake._count",
+    ),
+    "rtserver/service/run_output.py": ("RunOutput.record",),
+    "rtserver/service/channels.py": ("Wakers.wake", "Wakers.recorded"),
     # 6. The core processes it.
     "rtserver/core/pipeline.py": ("Pipeline.step", "Pipeline._patterns", "Pipeline.motion_estimate"),
     "rtserver/core/stages/_base.py": ("check_is_fitted", "check_shape"),

@@ -83,6 +83,6 @@ def test_a_known_reference_is_fitted_before_volume_0(tmp_path):
     expected = Session.from_config(config).pipeline()
     for volume in volumes:
         event = expected.step(volume)
-        got = server._results[volume.index]
+        got = server.intake.results[volume.index]
         assert got.fd == pytest.approx(event.fd, abs=1e-9)
         assert got.rois == pytest.approx(event.rois, abs=1e-6)

@@ -102,10 +102,15 @@ def test_a_volume_that_never_comes_is_reported_missing(tmp_path, caplog):
     plan = mosaic_plan(skip={6})
     with caplog.at_level(logging.WARNING):
         report, counters, out = run_watched(tmp_path, plan, n_volumes=10, missing_after=0.3)
-    _, _, rows = recorded(out)
+    data, _, rows = recorded(out)
     assert report.missing == [6]
     assert counters.missing == [[6, 6]] and counters.n_missing == 1  # [first, last] ranges
-    assert [int(r["volume"]) for r in rows] == [0, 1, 2, 3, 4, 5, 7, 8, 9]
+    # Row N is volume N: the missing volume keeps its row (values empty, missing set) and
+    # its place in the BOLD file (zeros).
+    assert [int(r["volume"]) for r in rows] == list(range(10))
+    assert [r["missing"] for r in rows] == ["0"] * 6 + ["1"] + ["0"] * 3
+    assert rows[6]["value"] == rows[6]["latency_ms"] == ""
+    assert data.shape[3] == 10 and not data[..., 6].any() and data[..., 7].any()
     assert "volume 6 (scanner number 7) is missing" in caplog.text
 
 

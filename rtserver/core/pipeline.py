@@ -168,13 +168,25 @@ class Pipeline:
     def fit(self, reference: Volume) -> Pipeline:
         """Set every stage up on the reference volume.
 
+        Its non-finite voxels are set aside as :meth:`step` sets them aside (to 0).
+
         Raises
         ------
         InputError
-            If the atlas registration is refused, or the ROIs are not on the grid.
+            If the atlas registration is refused, the ROIs are not on the grid, or the
+            reference gives a singular linear system.
         ConfigError
             If ``[roi] target`` names no ROI.
         """
+        reference = _finite_copy(reference, None)[0]
+        try:
+            return self._fit(reference)
+        except np.linalg.LinAlgError as exc:
+            raise InputError(f"Reference volume {reference.index}: expected an image with "
+                             f"structure along all three axes. Got a singular linear system "
+                             f"({exc}).") from None
+
+    def _fit(self, reference: Volume) -> Pipeline:
         if self.use_atlas:
             self.rois, self.registration_ = atlas_rois(reference, self.template, self.atlas,
                                                        min_dice=self.config.roi.min_dice)
@@ -263,8 +275,7 @@ class Pipeline:
         self.nonfinite_voxels_ = 0 if bad is None else int(np.count_nonzero(bad))
         try:
             if not self.is_fitted:
-                self.fit(finite if self.reference is None
-                         else _finite_copy(self.reference, None)[0])
+                self.fit(finite if self.reference is None else self.reference)
             event = self._stages(finite, bad)
         except np.linalg.LinAlgError as exc:
             raise InputError(

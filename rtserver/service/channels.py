@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import zmq
 
@@ -72,3 +73,52 @@ def volume_channel_header(payload: list) -> dict:
         raise ProtocolError(f"An end-of-run message should have 1 frame (the header). "
                             f"Got {len(payload)}.")
     return header
+
+
+class Wakers:
+    """Wake the socket thread from any thread, through its control (PULL) socket.
+
+    Each calling thread gets one PUSH socket, made on its first call and kept (a socket
+    is never used by two threads); :meth:`close` closes them all once those threads are
+    done.
+
+    Parameters
+    ----------
+    context : zmq.Context
+        The server's context.
+    endpoint : str
+        The control socket's ``inproc://`` endpoint.
+    """
+
+    def __init__(self, context: zmq.Context, endpoint: str) -> None:
+        self._context = context
+        self._endpoint = endpoint
+        self._local = threading.local()
+        self._sockets: list[zmq.Socket] = []
+        self._lock = threading.Lock()
+
+    def wake(self, message: bytes) -> None:
+        """Send ``message`` to the socket thread (dropped if the run is already over)."""
+        socket = getattr(self._local, "socket", None)
+        if socket is None:
+            socket = self._context.socket(zmq.PUSH)
+            socket.setsockopt(zmq.LINGER, 1000)
+            socket.connect(self._endpoint)
+            self._local.socket = socket
+            with self._lock:
+                self._sockets.append(socket)
+        try:
+            socket.send(message, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the run is over: nobody reads the control socket any more
+
+    def recorded(self, index: int, ok: bool) -> None:
+        """Tell the socket thread the recorder wrote volume ``index`` (or failed to)."""
+        self.wake(b"rec %d %d" % (index, int(ok)))
+
+    def close(self) -> None:
+        """Close every socket made (call when the threads that used them are done)."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for socket in sockets:
+            socket.close()

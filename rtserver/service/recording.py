@@ -211,13 +211,13 @@ class RunRecorder:
             if item is None:
                 return
             if isinstance(item, Missing):
-                self._guarded(self._write_missing, item, None)
+                self._guarded(self._write_missing, item, f"{item.first}-{item.last}")
             else:
                 ok = self._guarded(self._write, item, item.volume.index)
                 if self._on_recorded is not None:
                     self._on_recorded(item.volume.index, ok)
 
-    def _guarded(self, write: Callable[[Any], None], item: Any, index: int | None) -> bool:
+    def _guarded(self, write: Callable[[Any], None], item: Any, index: int | str) -> bool:
         """Run one write; a failure is logged once, kept in :attr:`error`, never raised."""
         try:
             write(item)

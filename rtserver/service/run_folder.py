@@ -105,8 +105,7 @@ def next_attempt(out_dir: str | Path) -> Path:
     return Path(out_dir) / f"attempt-{k}"
 
 
-def recorded_volumes(out_dir: str | Path, prefix: str, state: RunState,
-                     tr: float) -> Iterator[Volume]:
+def recorded_volumes(out_dir: str | Path, prefix: str, state: RunState) -> Iterator[Volume]:
     """The volumes a run recorded, in order, the missing ones left out.
 
     Parameters
@@ -117,13 +116,12 @@ def recorded_volumes(out_dir: str | Path, prefix: str, state: RunState,
         The run's BIDS prefix.
     state : RunState
         What :func:`inspect` found (its first ``n_rows`` volumes are read).
-    tr : float
-        The run's TR (s).
     """
     path = Path(out_dir) / f"{prefix}_bold.nii.gz"
     if state.n_rows == 0:
         return
     image = load_nifti(path)
+    tr = float(image.header.get_zooms()[3])
     for index, data in enumerate(iter_nifti_volumes(image, path)):
         if index >= state.n_rows:
             return

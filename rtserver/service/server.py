@@ -29,21 +29,23 @@ from rtserver import __version__, protocol, protocol_checks
 from rtserver.config import Config
 from rtserver.core.pipeline import Pipeline
 from rtserver.curve import CurveServer
-from rtserver.errors import InputError, ProtocolError, RtfmriError, TransportError
-from rtserver.service.channels import bind, channel_security, volume_channel_header
-from rtserver.service.recording import Record, RunRecorder
+from rtserver.errors import InputError, ProtocolError, TransportError
+from rtserver.service.channels import Wakers, bind, channel_security
+from rtserver.service.intake import VolumeIntake
 from rtserver.service.run_info import (
-    LOG_EVERY,
-    LOGGED_REFUSALS,
     MAX_LISTED_RANGES,
     Counters,
     describe_ranges,
     missing_ranges,
-    should_log,
 )
+from rtserver.service.run_output import RunOutput
 from rtserver.service.session import Session
 
 log = logging.getLogger(__name__)
+
+#: Seconds a server that ended on ``n_volumes`` goes on answering, for the bridge's
+#: end-of-run message (and resends of the last volumes).
+END_GRACE_SECONDS = 5.0
 
 class Server:
     """Serve one run.
@@ -65,11 +67,14 @@ class Server:
         the socket meanwhile.
     context : zmq.Context or None
         Shared context (a new one when ``None``).
+    restart : bool
+        When ``out_dir`` already holds this run, record a new attempt (``attempt-<k>``)
+        beside it instead of resuming an unfinished run or refusing a finished one.
     """
 
     def __init__(self, config: Config, out_dir: str | Path, pipeline: Pipeline | None = None,
                  n_volumes: int | None = None, wait_display: float = 0.0,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, restart: bool = False) -> None:
         if n_volumes is not None and n_volumes < 1:
             raise InputError(f"The run length should be >= 1 volume. Got {n_volumes}.",
                              setting="n_volumes")
@@ -86,10 +91,11 @@ class Server:
         self._running = threading.Lock()
         self._control_endpoint = f"inproc://rtserver-control-{id(self):x}"
         self._context = context or zmq.Context.instance()
-        self._results: dict[int, protocol.FeedbackEvent] = {}
-        self._seen: set[int] = set()
-        self._last_index = -1
-        self._recorder: RunRecorder | None = None
+        self._wakers = Wakers(self._context, self._control_endpoint)
+        self.output = RunOutput(self.out_dir, config.run.prefix, restart,
+                                on_recorded=self._wakers.recorded)
+        self.intake = VolumeIntake(self.pipeline, self.counters, self.output, self._session,
+                                   config.motion.reslice, self._wakers.wake)
         self._sockets: dict[str, zmq.Socket] = {}
         self._curve: CurveServer | None = None
 
@@ -112,10 +118,10 @@ class Server:
         network = self.config.network
         curve = channel_security(network)
         try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.out_dir = self.output.prepare()
         except OSError as exc:
             raise InputError(f"Cannot create the output folder {self.out_dir}: "
-                             f"{exc.strerror}.") from None
+                             f"{exc.strerror}.", setting="out") from None
         self._curve = curve.start(self._context) if curve is not None else None
         router = self._context.socket(zmq.ROUTER)
         xpub = self._context.socket(zmq.XPUB)
@@ -152,17 +158,8 @@ class Server:
         run ends (and flushes) without waiting for a poll timeout.
         """
         self._stop.set()
-        if "control" not in self._sockets:
-            return
-        poke = self._context.socket(zmq.PUSH)
-        poke.setsockopt(zmq.LINGER, 1000)
-        try:
-            poke.connect(self._control_endpoint)
-            poke.send(b"stop", zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the run is already over: its control socket is gone
-        finally:
-            poke.close()
+        if "control" in self._sockets:
+            self._wakers.wake(b"stop")
 
     def close(self) -> None:
         """Stop the run if one is going on, wait until it has flushed, release the sockets.
@@ -187,6 +184,10 @@ class Server:
             if not self._sockets:
                 self.start()
             try:
+                if self.output.resuming:
+                    n_rows = self.output.resume(self.pipeline, self._session,
+                                                self.config.motion.reslice)
+                    self.intake.resume_at(n_rows, self.output.state.missing)
                 self._serve()
             finally:
                 self._finish()
@@ -200,17 +201,38 @@ class Server:
             poller.register(sock, zmq.POLLIN)
         self._wait_for_display(xpub, control)
         while not self._stop.is_set() and not self._run_complete():
-            for sock, _ in poller.poll():
-                if sock is router:
-                    self._on_volume_message(router, xpub)
-                elif sock is rep:
-                    self._on_request(rep)
-                elif sock is xpub:
-                    self._on_subscription(xpub)
-                else:
-                    control.recv()  # a wake-up from stop(): the loop checks _stop
-        if self._recorder is not None or self.counters.n_processed:
+            self._poll_once(poller, None)
+        if self.output.recorder is not None or self.counters.n_processed:
             xpub.send_multipart(protocol.encode_run_end(self.counters.n_processed))
+        if self.n_volumes is not None and self.counters.n_expected is None:
+            self._linger_for_end(poller)
+
+    def _poll_once(self, poller: zmq.Poller, timeout_ms: int | None) -> None:
+        router, xpub = self._sockets["volumes"], self._sockets["feedback"]
+        for sock, _ in poller.poll(timeout_ms):
+            if sock is router:
+                self.intake.on_message(router, xpub, self._on_end)
+            elif sock is self._sockets["results"]:
+                self._on_request(sock)
+            elif sock is xpub:
+                self._on_subscription(xpub)
+            else:
+                self._on_control(sock.recv(), router, xpub)
+
+    def _on_control(self, message: bytes, router: zmq.Socket, xpub: zmq.Socket) -> None:
+        """A wake-up: ``stop`` (the loop checks it), ``setup`` done, or ``rec`` a volume."""
+        if message == b"setup":
+            self.intake.on_setup_done(router, xpub)
+        elif message.startswith(b"rec "):
+            _, index, ok = message.split()
+            self.intake.on_recorded(router, int(index), ok == b"1")
+
+    def _linger_for_end(self, poller: zmq.Poller) -> None:
+        """After ``n_volumes``, answer the bridge's end-of-run (and resends) for a while."""
+        deadline = time.monotonic() + END_GRACE_SECONDS
+        while (self.counters.n_expected is None and not self._stop.is_set()
+               and time.monotonic() < deadline):
+            self._poll_once(poller, int(1000 * (deadline - time.monotonic())) + 1)
 
     def _wait_for_display(self, xpub: zmq.Socket, control: zmq.Socket) -> None:
         if self.wait_display <= 0:
@@ -234,6 +256,8 @@ class Server:
                 control.recv()
 
     def _run_complete(self) -> bool:
+        if not self.intake.idle:
+            return False  # volumes still queued, or waiting to be recorded
         if self.n_volumes is not None and self.counters.n_processed >= self.n_volumes:
             return True
         return self.counters.n_expected is not None
@@ -241,16 +265,18 @@ class Server:
     def _finish(self) -> None:
         counters = self.counters
         if counters.n_expected is not None:
-            counters.missing = missing_ranges(self._seen, counters.n_expected)
+            counters.missing = missing_ranges(self.intake.seen, counters.n_expected)
             counters.n_missing = sum(last - first + 1 for first, last in counters.missing)
             if counters.missing:
                 log.warning("run ended with %d volumes missing: %s", counters.n_missing,
                             describe_ranges(counters.missing))
-        if self._recorder is not None:
-            self._recorder.close(**vars(counters))
-            if self._recorder.error is not None:
-                log.error("recording failed: %s", self._recorder.error)
+        complete = counters.n_expected is not None or (
+            self.n_volumes is not None and counters.n_processed >= self.n_volumes)
+        status = ("interrupted" if not complete
+                  else "incomplete" if counters.missing or counters.gaps else "complete")
+        self.output.close(status, self.intake.last_index, **vars(counters))
         self._close_sockets()
+        self._wakers.close()
         log.info("run finished: %d volumes processed, %d duplicates, %d malformed, "
                  "%d rejected, %d with non-finite voxels; outputs in %s",
                  counters.n_processed, counters.n_duplicates, counters.n_malformed,
@@ -263,91 +289,6 @@ class Server:
         curve, self._curve = self._curve, None
         if curve is not None:
             curve.stop()
-
-    # ------------------------------------------------------------------ volume channel
-    def _on_volume_message(self, router: zmq.Socket, xpub: zmq.Socket) -> None:
-        frames = router.recv_multipart(copy=False)
-        t_received = time.time()
-        t0 = time.perf_counter()
-        identity, payload = frames[0], frames[1:]
-        try:
-            header = volume_channel_header(payload)
-            if header["type"] == protocol.END:
-                self._on_end(protocol.decode_end(header))
-                router.send_multipart([identity, protocol.encode_reply(
-                    protocol.ACK, None, status="end")])
-                return
-            volume, _ = protocol.decode_volume(payload, header)
-        except ProtocolError as exc:
-            self.counters.n_malformed += 1
-            self._refuse(router, identity, None, exc, "malformed message rejected",
-                         self.counters.n_malformed)
-            return
-        index = volume.index
-        self.counters.n_received += 1
-        if index in self._seen:
-            self.counters.n_duplicates += 1
-            router.send_multipart([identity, protocol.encode_reply(
-                protocol.ACK, index, status="duplicate")])
-            return
-        try:
-            event = self.pipeline.step(volume)
-        except RtfmriError as exc:
-            self.counters.n_rejected += 1
-            self._refuse(router, identity, index, exc, f"volume {index} rejected",
-                         self.counters.n_rejected)
-            return
-        event.t_received = t_received
-        event.t_published = time.time()
-        event.latency_ms = (time.perf_counter() - t0) * 1000.0
-        xpub.send_multipart(protocol.encode_feedback(event))
-        router.send_multipart([identity, protocol.encode_reply(
-            protocol.ACK, index, status="received")])
-        self._after_publish(volume, event, header.get("t_sent"))
-
-    @staticmethod
-    def _refuse(router: zmq.Socket, identity: zmq.Frame, index: int | None,
-                exc: RtfmriError, what: str, count: int) -> None:
-        """Answer the sender with the error; log it unless too many of its kind came."""
-        if should_log(count):
-            later = (f"; later ones: one line per {LOG_EVERY}"
-                     if count == LOGGED_REFUSALS else "")
-            log.warning("%s (%d so far%s): %s", what, count, later, exc)
-        router.send_multipart([identity, protocol.encode_reply(
-            protocol.ERROR, index, error=str(exc))])
-
-    def _after_publish(self, volume, event: protocol.FeedbackEvent,
-                       t_sent: float | None) -> None:
-        counters = self.counters
-        counters.n_processed += 1
-        n_nonfinite = self.pipeline.nonfinite_voxels_
-        if n_nonfinite:
-            counters.n_nonfinite_volumes += 1
-            counters.n_nonfinite_voxels += n_nonfinite
-            if should_log(counters.n_nonfinite_volumes):
-                log.info("volume %d holds %d non-finite voxels: set aside for processing, "
-                         "recorded as received (%d such volumes so far)", volume.index,
-                         n_nonfinite, counters.n_nonfinite_volumes)
-        if event.value is None:
-            counters.n_withheld += 1
-            if should_log(counters.n_withheld):
-                log.warning("volume %d: feedback value withheld (%d so far): %s",
-                            volume.index, counters.n_withheld, event.withheld)
-        if volume.index > self._last_index + 1:
-            first, last = self._last_index + 1, volume.index - 1
-            counters.gaps.append([first, last])
-            span = f"volume {first} has" if first == last else f"volumes {first}-{last} have"
-            log.warning("%s not arrived (gap before volume %d)", span, volume.index)
-        self._last_index = max(self._last_index, volume.index)
-        self._seen.add(volume.index)
-        self._results[volume.index] = event
-        if self._recorder is None:
-            reslice = self.pipeline.motion.reslice if self.config.motion.reslice else None
-            self._recorder = RunRecorder(self.out_dir, self.config.run.prefix,
-                                         self._session(), reslice=reslice,
-                                         ).start(self.pipeline.roi_names)
-        self._recorder.put(Record(volume=volume, event=event,
-                                  motion=self.pipeline.motion_estimate, t_sent=t_sent))
 
     def _on_end(self, n_expected: int) -> None:
         self.counters.n_expected = n_expected
@@ -371,7 +312,7 @@ class Server:
                 **counters, "gaps": counters["gaps"][:MAX_LISTED_RANGES],
                 "missing": counters["missing"][:MAX_LISTED_RANGES]}))
             return
-        event = self._results.get(request["volume"])
+        event = self.intake.results.get(request["volume"])
         if event is None:
             rep.send(protocol.encode_reply(
                 protocol.ERROR, request["volume"],
