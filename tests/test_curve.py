@@ -324,8 +324,13 @@ class Relay:
                     self._selector.register(client, selectors.EVENT_READ)
                     self._selector.register(server, selectors.EVENT_READ)
                     continue
+                if sock not in self._peers:  # closed with its peer earlier in this batch
+                    continue
                 other, from_client = self._peers[sock]
-                data = sock.recv(65536)
+                try:
+                    data = sock.recv(65536)
+                except ConnectionError:
+                    data = b""
                 if not data:
                     for end in (sock, other):
                         self._selector.unregister(end)

@@ -224,13 +224,16 @@ def test_server_records_reference_to_volume_transforms(tmp_path):
         np.testing.assert_allclose(params, estimate.params, atol=2e-6)
         assert float(row["framewise_displacement"]) == pytest.approx(estimate.fd, abs=2e-6)
         matrix = np.eye(4)
-        matrix[:3] = np.array([float(v) for v in matrix_row.values()]).reshape(3, 4)
+        assert int(matrix_row["volume"]) == int(row["volume"]) and matrix_row["missing"] == "0"
+        matrix[:3] = np.array([float(matrix_row[f"m{r}{c}"]) for r in range(3)
+                               for c in range(4)]).reshape(3, 4)
         # 6 decimals in the confounds: 1e-6 rad is 1e-4 mm at 100 mm from the centre
         np.testing.assert_allclose(matrix, params_to_matrix(params, centre), atol=2e-4)
     # Volume 4 was moved by a known matrix: the recorded one is that matrix (ref -> volume).
     planted = params_to_matrix(np.array([3.0, -2.0, 2.5, 0.05, -0.04, 0.05]), centre)
     recorded = np.eye(4)
-    recorded[:3] = np.array([float(v) for v in xfm[4].values()]).reshape(3, 4)
+    recorded[:3] = np.array([float(xfm[4][f"m{r}{c}"]) for r in range(3)
+                             for c in range(4)]).reshape(3, 4)
     corners = affine @ np.array([[0, 0, 0, 1], [63, 63, 26, 1], [0, 63, 13, 1]]).T
     assert np.abs((recorded - planted) @ corners).max() < 0.1  # mm, at the corners of the FOV
     realigned = nib.load(out / f"{prefix}_desc-realigned_bold.nii.gz")
