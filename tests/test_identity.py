@@ -312,6 +312,21 @@ def finish(process, timeout: float = 60.0) -> tuple[int, bytes]:
     return process.proc.returncode, stdout + stderr
 
 
+def output_files(out: Path) -> dict[str, bytes]:
+    """Every file under ``out`` (gzip decompressed), and the list of their names."""
+    outputs = sorted(path for path in out.rglob("*") if path.is_file())
+    assert len(outputs) >= 5, outputs
+    places = {}
+    for path in outputs:
+        content = path.read_bytes()
+        if path.suffix == ".gz":
+            content = gzip.decompress(content)
+        places[str(path.relative_to(out))] = content
+    places["the output's file names"] = "\n".join(
+        str(path.relative_to(out)) for path in out.rglob("*")).encode()
+    return places
+
+
 @pytest.fixture(scope="module")
 def planted_series(tmp_path_factory) -> tuple[Path, Planted]:
     folder = tmp_path_factory.mktemp("identity") / "planted"
@@ -402,17 +417,23 @@ def test_no_planted_identity_on_the_wire_in_outputs_or_logs(planted_series, tmp_
     assert len(places["the volumes channel's bytes"]) > 10 * 64 * 64 * 2  # voxels went through
     places["the bridge's stdout and stderr"] = bridge_output
     places["the server's stdout and stderr"] = server_output
-    outputs = sorted(path for path in out.rglob("*") if path.is_file())
-    assert len(outputs) >= 5
-    for path in outputs:
-        content = path.read_bytes()
-        if path.suffix == ".gz":
-            content = gzip.decompress(content)
-        places[str(path.relative_to(out))] = content
-    places["the output's file names"] = "\n".join(
-        str(path.relative_to(out)) for path in out.rglob("*")).encode()
+    places.update(output_files(out))
     found = {place: leaks(content, planted) for place, content in places.items()}
     assert not any(found.values()), {place: hits for place, hits in found.items() if hits}
     series_uid = planted.values["SeriesInstanceUID"].encode()
     assert all(series_uid not in content for content in places.values())
 
+
+
+def test_no_planted_identity_in_a_replay(planted_series, tmp_path, processes):
+    """`rtserver -v replay` of the planted folder: outputs and log lines are clean too."""
+    folder, planted = planted_series
+    out = tmp_path / "replayed"
+    replay = processes([command("rtserver"), "-v", "replay", str(folder), "--out", str(out),
+                        "--asap"])
+    code, output = finish(replay)
+    assert code == 0, output.decode(errors="replace")
+    assert b"replayed 10 volumes" in output, output
+    places = {"the replay's stdout and stderr": output, **output_files(out)}
+    found = {place: leaks(content, planted) for place, content in places.items()}
+    assert not any(found.values()), {place: hits for place, hits in found.items() if hits}
