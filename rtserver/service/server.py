@@ -37,6 +37,7 @@ from rtserver.service.run_info import (
     Counters,
     describe_ranges,
     missing_ranges,
+    should_log,
 )
 from rtserver.service.run_output import RunOutput
 from rtserver.service.session import Session
@@ -303,7 +304,9 @@ class Server:
             request = protocol.decode_request(frames[0])
         except ProtocolError as exc:
             self.counters.n_malformed += 1
-            log.warning("malformed request rejected: %s", exc)
+            if should_log(self.counters.n_malformed):
+                log.warning("malformed request rejected (%d malformed so far): %s",
+                            self.counters.n_malformed, exc)
             rep.send(protocol.encode_reply(protocol.ERROR, None, error=str(exc)))
             return
         if request["type"] == protocol.STATUS_REQUEST:
