@@ -20,7 +20,6 @@ from rtserver.config import Config
 from rtserver.core.decoder import LinearReadout, volume_labels
 from rtserver.core.hrf import paradigm_task_regressor
 from rtserver.core.pipeline import Pipeline
-from rtserver.core.registration import atlas_rois
 from rtserver.core.stages import DecoderFeedback, SignalModel
 from rtserver.core.stages.roi import RoiSet
 from rtserver.core.stages.signal import batch_signal, design_row
@@ -28,6 +27,7 @@ from rtserver.errors import InputError
 from rtserver.paradigm import Paradigm
 from rtserver.resources import load_atlas, load_template
 from rtserver.scanner.sources import open_source
+from rtserver.service.atlas_registration import make_registrar
 from rtserver.service.model_file import MODEL_FORMAT, load_decoder
 from rtserver.service.session import Session, read_rois
 from rtserver.sim import simulate_subject
@@ -170,6 +170,11 @@ def test_intermittent_feedback_is_shown_at_the_end_of_the_block():
 
 
 # --------------------------------------------------------------------------- registration
+def atlas_rois(reference, template, atlas):
+    """The atlas ROIs on the reference grid, by the session's ANTs registration."""
+    return make_registrar(template, atlas)(reference)
+
+
 def test_atlas_registration_recovers_the_simulated_rois():
     phantom = build_phantom((64, 64, 36), 3.5)
     reference = Volume(phantom.baseline.astype(np.float32), phantom.affine, index=0, tr=2.0)

@@ -22,11 +22,13 @@ from rtserver.config import ATLAS, Config
 from rtserver.core.atlas import Atlas, Template
 from rtserver.core.decoder import Decoder
 from rtserver.core.pipeline import Pipeline
+from rtserver.core.registration import AtlasRegistrar
 from rtserver.core.stages.roi import RoiSet
 from rtserver.errors import ConfigError, InputError
 from rtserver.paradigm import Paradigm
 from rtserver.resources import load_atlas, load_template
 from rtserver.scanner.sources import open_source
+from rtserver.service.atlas_registration import make_registrar
 from rtserver.service.model_file import load_decoder
 from rtserver.volume import Volume
 
@@ -160,9 +162,15 @@ class Session:
         return cls(config=config, decoder=decoder, rois=rois, paradigm=paradigm,
                    reference=reference, template=template, atlas=atlas)
 
-    def pipeline(self, events: list[dict] | None = None,
-                 keep_features: bool = False) -> Pipeline:
+    def pipeline(self, events: list[dict] | None = None, keep_features: bool = False,
+                 out_dir: str | Path | None = None) -> Pipeline:
         """The run's processing core, fitted now if its reference is known.
+
+        With atlas ROIs, the atlas is registered to the reference here (ANTs, before the
+        run's first volume is accepted, when the reference is known), with its progress and
+        time logged; ``out_dir`` (the run folder) receives the ROIs in EPI space, the ANTs
+        transforms and the QC picture
+        (:func:`rtserver.service.atlas_registration.write_outputs`).
 
         Raises
         ------
@@ -172,8 +180,14 @@ class Session:
         """
         pipeline = Pipeline(self.config, rois=self.rois, paradigm=self.paradigm,
                             reference=self.reference, decoder=self.decoder, events=events,
-                            keep_features=keep_features, template=self.template,
-                            atlas=self.atlas)
+                            keep_features=keep_features, registrar=self.registrar(out_dir))
         if pipeline.reference is not None:
             pipeline.fit(pipeline.reference)
         return pipeline
+
+    def registrar(self, out_dir: str | Path | None = None) -> AtlasRegistrar | None:
+        """The atlas registration the pipeline calls at fit (``None`` without atlas ROIs)."""
+        if self.template is None or self.atlas is None:
+            return None
+        return make_registrar(self.template, self.atlas, min_dice=self.config.roi.min_dice,
+                              out_dir=out_dir, prefix=self.config.run.prefix)

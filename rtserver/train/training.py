@@ -26,11 +26,11 @@ from rtserver.core.decoder import (
     volume_labels,
 )
 from rtserver.core.pipeline import Pipeline
-from rtserver.core.registration import atlas_rois
 from rtserver.core.stages.roi import RoiSet
 from rtserver.errors import InputError
 from rtserver.resources import load_atlas, load_template
 from rtserver.scanner.sources import open_source
+from rtserver.service.atlas_registration import make_registrar
 from rtserver.service.model_file import software_versions
 from rtserver.service.session import load_reference, read_rois
 from rtserver.volume import Volume
@@ -289,8 +289,8 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
                  if config.motion.reference else next(iter(open_source(files[0][0]))))
     registration = None
     if config.roi.mask == ATLAS:  # registered once, before the runs go through
-        rois, registration = atlas_rois(reference, load_template(), load_atlas(),
-                                        min_dice=config.roi.min_dice)
+        rois, registration = make_registrar(load_template(), load_atlas(),
+                                            min_dice=config.roi.min_dice)(reference)
     else:
         rois = read_rois(config.roi.mask)
     n_total = sum(open_source(bold).n_volumes for bold, _ in files)
@@ -332,7 +332,7 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
             "names": roi_names,
             "n_voxels": {name: int(np.count_nonzero(rois.labels == k))
                          for k, name in sorted(rois.names.items())},
-            "source": "MNI atlases registered to the reference (affine)"
+            "source": "MNI atlases registered to the reference (ANTs affine + SyN)"
             if registration is not None else str(config.roi.mask),
             "registration": None if registration is None else registration.to_dict(timing=False),
         },
