@@ -214,3 +214,38 @@ def check_coverage(quality: RegistrationQuality,
                          f"volume's field of view ({'; '.join(what)}; at least "
                          f"{100 * min_fov_fraction:.0f}% needed): widen the slab, or give ROI "
                          "masks in EPI space.", setting="roi.mask")
+
+
+#: Same head: lowest intensity correlation of the run's reference with the training reference
+#: after an affine registration (same head 0.97-1.00; other heads and the phantom <= 0.35 in
+#: this project's data).
+SAME_HEAD_MIN_CORRELATION = 0.7
+#: Same head: largest stretch of the affine (its singular values' distance from 1); the same
+#: head gives <= 1 %, another head or the phantom 4.6-70 %.
+SAME_HEAD_MAX_STRETCH = 0.03
+
+
+def same_head_problems(correlation: float, linear: np.ndarray) -> list[str]:
+    """What says two EPI references are not the same head (empty if nothing does).
+
+    Parameters
+    ----------
+    correlation : float
+        Intensity correlation after registering one to the other (affine).
+    linear : numpy.ndarray
+        The 3x3 linear part of that affine.
+
+    Returns
+    -------
+    list of str
+        Each failed criterion with its numbers.
+    """
+    problems = []
+    if not correlation >= SAME_HEAD_MIN_CORRELATION:
+        problems.append(f"intensity correlation {correlation:.2f} < "
+                        f"{SAME_HEAD_MIN_CORRELATION:.2f}")
+    stretch = float(np.max(np.abs(np.linalg.svd(np.asarray(linear, float))[1] - 1.0)))
+    if not stretch <= SAME_HEAD_MAX_STRETCH:
+        problems.append(f"size or shape differs by {100 * stretch:.0f}% > "
+                        f"{100 * SAME_HEAD_MAX_STRETCH:.0f}%")
+    return problems

@@ -29,6 +29,7 @@ from rtserver.paradigm import Paradigm
 from rtserver.resources import load_atlas, load_template
 from rtserver.scanner.sources import open_source
 from rtserver.service.atlas_registration import make_registrar
+from rtserver.service.head_check import check_same_head
 from rtserver.service.model_file import load_decoder
 from rtserver.volume import Volume
 
@@ -137,7 +138,8 @@ class Session:
         Raises
         ------
         InputError
-            If a file cannot be read as what it should be.
+            If a file cannot be read as what it should be, or the motion reference is not
+            the head the decoder was trained on.
         ConfigError
             If the settings contradict each other (a decoder and ROI masks).
         """
@@ -156,6 +158,9 @@ class Session:
         if config.motion.reference:
             reference = load_reference(config.motion.reference, config.motion.reference_index)
             if decoder is not None:
+                check_same_head(reference, decoder.reference,
+                                run_name=Path(config.motion.reference).name,
+                                decoder_name=Path(config.decoder.model).name)
                 log.warning("the motion reference %s replaces the decoder's training "
                             "reference: its ROI voxels are only right if both are the same "
                             "head position", config.motion.reference)
@@ -184,6 +189,21 @@ class Session:
         if pipeline.reference is not None:
             pipeline.fit(pipeline.reference)
         return pipeline
+
+    def check_run(self, volume: Volume, run_name: str = "volume 0") -> None:
+        """Refuse a run that is not the head the decoder was trained on (no-op without one).
+
+        The run's first volume is registered to the decoder's training reference
+        (:func:`rtserver.service.head_check.check_same_head`).
+
+        Raises
+        ------
+        InputError
+            Naming the run and the decoder, if the heads differ.
+        """
+        if self.decoder is not None:
+            check_same_head(volume, self.decoder.reference, run_name=run_name,
+                            decoder_name=Path(self.config.decoder.model or "decoder").name)
 
     def registrar(self, out_dir: str | Path | None = None) -> AtlasRegistrar | None:
         """The atlas registration the pipeline calls at fit (``None`` without atlas ROIs)."""
