@@ -269,6 +269,16 @@ def test_train_prints_scores_and_writes_model_and_card(trained, session):
     assert decoder.card == card
 
 
+def test_the_subjects_own_decoder_is_accepted_on_their_run(trained, session):
+    """The wrong-subject check passes a decoder on a later run of its own subject."""
+    model, _ = trained
+    run = session.runs_of("regulation")[0]
+    config = Config().with_overrides(decoder={"model": str(model)},
+                                     motion={"reference": str(run.bold)})
+    checked = Session.from_config(config)
+    assert checked.reference is not None and checked.decoder is not None
+
+
 def test_fast_readout_equals_predict_proba(trained):
     decoder = load_decoder(trained[0])
     x = np.random.default_rng(0).normal(0, 1, (5, decoder.n_features))

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 _FLIP = np.diag([-1.0, -1.0, 1.0])
 #: SyN iterations per level (shrink 4, 2, 1): constrained, the EPI carries little detail.
 SYN_ITERATIONS = (20, 10, 0)
-#: Starting shifts (mm, along the template's z) of the coarse affine (:func:`_affine_stage`).
+#: Starting shifts (mm, along the template's z) of the coarse affine (:func:`affine_stage`).
 START_SHIFTS_MM = (0.0, -25.0, 25.0)
 
 
@@ -163,21 +163,15 @@ def _register_epi(reference: Volume, template: Template, atlas: Atlas, min_dice:
     """:func:`register_epi` in ``workdir``."""
     import ants
 
-    started = time.perf_counter()
-    data = np.asarray(reference.data, dtype=np.float64)
-    epi_mask = epi_brain_mask(data)
-    if epi_mask.sum() < 100:
-        raise InputError(f"The reference volume has no brain to register to: its intensity "
-                         f"mask holds {int(epi_mask.sum())} voxels (expected >= 100); give "
-                         "ROI masks in EPI space instead.", setting="roi.mask")
-    scale = float(np.percentile(data[epi_mask], 95)) or 1.0
-    fixed = to_ants(data / scale, reference.affine)
+    stage = prepare(reference, workdir)
+    epi_mask, fixed = stage.epi_mask, stage.fixed
     fixed_mask = to_ants(_dilate(epi_mask, 2).astype(np.float32), reference.affine)
     contrast = template.epi_contrast()
     moving = to_ants(contrast, template.affine)
     template_mask = to_ants(template.brain_mask.astype(np.float32), template.affine)
-    affine_files = _affine_stage(fixed, moving, fixed_mask, template_mask, epi_mask,
-                                 _centre_shift(reference, epi_mask, template), workdir, seed)
+    affine_files = affine_stage(fixed, moving, fixed_mask, template_mask, epi_mask,
+                                centre_shift(reference, epi_mask, template.brain_mask,
+                                             template.affine), workdir, seed)
     # The field of view in template space: where the template is seen by the EPI.
     fov = ants.apply_transforms(moving, to_ants(np.ones(reference.shape, np.float32),
                                                 reference.affine),
@@ -188,6 +182,7 @@ def _register_epi(reference: Volume, template: Template, atlas: Atlas, min_dice:
     syn = ants.registration(
         fixed, masked, type_of_transform="SyNOnly", initial_transform=affine_files,
         mask=fixed_mask, outprefix=str(workdir / "syn_"), random_seed=seed,
+            aff_random_sampling_rate=1.0,
         reg_iterations=SYN_ITERATIONS, flow_sigma=5.0, total_sigma=2.0, grad_step=0.1,
         syn_metric="mattes", syn_sampling=32)
     # The SyN is kept where it raises the brain-mask overlap; an EPI that the affine
@@ -199,35 +194,113 @@ def _register_epi(reference: Volume, template: Template, atlas: Atlas, min_dice:
                                         interpolator="linear").numpy() > 0.5
     if dice(affine_mask, epi_mask) >= dice(warped_mask, epi_mask):
         method, transforms, warped_mask = "ants-epi-affine", affine_files, affine_mask
-    warped_contrast = ants.apply_transforms(fixed, moving, transforms).numpy()
-    sampled = ants.apply_transforms(
-        fixed, to_ants(atlas.labels.astype(np.float32), atlas.affine), transforms,
-        interpolator="genericLabel").numpy()
+    return finish(stage, template, atlas, transforms, affine_files, [True] * len(affine_files), method,
+                  _volume_scale(affine_files[0]), min_dice, check_rois, warped_mask)
+
+
+@dataclass
+class Stage:
+    """The reference side of a registration: the EPI, its mask, ANTs image and folder."""
+
+    reference: Volume
+    data: np.ndarray
+    epi_mask: np.ndarray
+    fixed: object
+    workdir: Path
+    started: float
+
+
+def prepare(reference: Volume, workdir: Path) -> Stage:
+    """The reference EPI as ANTs sees it (intensities scaled), and its brain mask.
+
+    Raises
+    ------
+    InputError
+        If the EPI has no brain-like intensity mask.
+    """
+    started = time.perf_counter()
+    data = np.asarray(reference.data, dtype=np.float64)
+    epi_mask = epi_brain_mask(data)
+    if epi_mask.sum() < 100:
+        raise InputError(f"The reference volume has no brain to register to: its intensity "
+                         f"mask holds {int(epi_mask.sum())} voxels (expected >= 100); give "
+                         "ROI masks in EPI space instead.", setting="roi.mask")
+    scale = float(np.percentile(data[epi_mask], 95)) or 1.0
+    return Stage(reference, data, epi_mask, to_ants(data / scale, reference.affine), workdir,
+                 started)
+
+
+def finish(stage: Stage, template: Template, atlas: Atlas, transforms: list[str],
+           fov_transforms: list[str], fov_invert: list[bool], method: str, scale: float,
+           min_dice: float, check_rois: bool, warped_mask: np.ndarray | None = None,
+           ) -> AtlasRegistration:
+    """Labels, quality numbers and checks of a template -> EPI transform chain.
+
+    Parameters
+    ----------
+    stage : Stage
+        The reference side (:func:`prepare`).
+    template, atlas : Template, Atlas
+        The MNI template and atlas.
+    transforms : list of str
+        ANTs transform files, template -> EPI (as ``apply_transforms`` takes them).
+    fov_transforms, fov_invert : list
+        Transform files and inversion flags that carry the EPI grid into the template.
+    method : str
+        Name of the method, for the quality record.
+    scale : float
+        The affine's volume scaling (template -> EPI).
+    min_dice : float
+        The brain-mask Dice threshold.
+    check_rois : bool
+        Also refuse ROIs mostly outside the field of view.
+    warped_mask : numpy.ndarray or None
+        The template brain mask already warped into the EPI grid (computed if ``None``).
+
+    Returns
+    -------
+    AtlasRegistration
+
+    Raises
+    ------
+    InputError
+        If the registration or an ROI fails quality control.
+    """
+    import ants
+
+    fixed, epi_mask, data = stage.fixed, stage.epi_mask, stage.data
+    if warped_mask is None:
+        warped_mask = ants.apply_transforms(
+            fixed, to_ants(template.brain_mask.astype(np.float32), template.affine),
+            transforms, interpolator="linear").numpy() > 0.5
+    warped_contrast = ants.apply_transforms(
+        fixed, to_ants(template.epi_contrast(), template.affine), transforms).numpy()
+    atlas_image = to_ants(atlas.labels.astype(np.float32), atlas.affine)
+    sampled = ants.apply_transforms(fixed, atlas_image, transforms,
+                                    interpolator="genericLabel").numpy()
     labels, names = label_rois(np.rint(sampled).astype(np.int32), atlas)
     # Each ROI's share inside the field of view, counted on the atlas grid.
     atlas_labels, _ = label_rois(atlas.labels, atlas)
     fov_atlas = ants.apply_transforms(
-        to_ants(atlas.labels.astype(np.float32), atlas.affine),
-        to_ants(np.ones(reference.shape, np.float32), reference.affine),
-        affine_files, whichtoinvert=[True] * len(affine_files),
-        interpolator="nearestNeighbor").numpy() > 0.5
+        atlas_image, to_ants(np.ones(stage.reference.shape, np.float32),
+                             stage.reference.affine),
+        fov_transforms, whichtoinvert=fov_invert, interpolator="nearestNeighbor").numpy() > 0.5
     quality = RegistrationQuality(
         dice=dice(warped_mask, epi_mask),
         correlation=intensity_correlation(warped_contrast[epi_mask], data[epi_mask]),
-        scale=_volume_scale(affine_files[0]),
-        seconds=time.perf_counter() - started, min_dice=min_dice, method=method,
-        roi_voxels=roi_voxel_counts(labels, names),
+        scale=scale, seconds=time.perf_counter() - stage.started, min_dice=min_dice,
+        method=method, roi_voxels=roi_voxel_counts(labels, names),
         roi_fov_fraction=fov_fractions(atlas_labels, names, fov_atlas))
-    log.info("MNI template -> reference EPI (ANTs affine + SyN): Dice %.3f, correlation %.3f, "
-             "scale %.2f (%.1f s)", quality.dice, quality.correlation, quality.scale,
+    log.info("MNI template -> reference EPI (%s): Dice %.3f, correlation %.3f, scale %.2f "
+             "(%.1f s)", method, quality.dice, quality.correlation, quality.scale,
              quality.seconds)
     check_registration(quality)
     if check_rois:
         check_coverage(quality)
-    rois = RoiSet(labels=labels, affine=reference.affine, names=names)
-    return AtlasRegistration(rois=rois, quality=quality, reference=reference,
+    rois = RoiSet(labels=labels, affine=stage.reference.affine, names=names)
+    return AtlasRegistration(rois=rois, quality=quality, reference=stage.reference,
                              template_mask=warped_mask, epi_mask=epi_mask,
-                             transforms=[Path(p) for p in transforms], workdir=workdir)
+                             transforms=[Path(p) for p in transforms], workdir=stage.workdir)
 
 
 def _world_centre(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -236,15 +309,16 @@ def _world_centre(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return _FLIP @ (affine[:3, :3] @ ijk + affine[:3, 3])
 
 
-def _centre_shift(reference: Volume, epi_mask: np.ndarray, template: Template) -> np.ndarray:
-    """Translation (LPS, EPI -> template) that aligns the two brain masks' centres."""
-    return (_world_centre(template.brain_mask, template.affine)
-            - _world_centre(epi_mask, reference.affine))
+def centre_shift(reference: Volume, epi_mask: np.ndarray, mask: np.ndarray,
+                 affine: np.ndarray) -> np.ndarray:
+    """Translation (LPS, EPI -> other image) that aligns the two brain masks' centres."""
+    return _world_centre(mask, affine) - _world_centre(epi_mask, reference.affine)
 
 
-def _affine_stage(fixed, moving, fixed_mask, template_mask, epi_mask: np.ndarray,
-                  shift: np.ndarray, workdir: Path, seed: int) -> list[str]:
-    """The affine EPI -> template, from the best of several starts along the head's axis.
+def affine_stage(fixed, moving, fixed_mask, template_mask, epi_mask: np.ndarray,
+                 shift: np.ndarray, workdir: Path, seed: int, kind: str = "Affine",
+                 name: str = "affine") -> list[str]:
+    """The affine (or rigid, ``kind``) EPI -> template, from the best of several starts.
 
     A slab that covers part of the brain has its centre away from the brain's: the coarse
     affine is run from the masks' centres aligned and from starts shifted by
@@ -253,16 +327,19 @@ def _affine_stage(fixed, moving, fixed_mask, template_mask, epi_mask: np.ndarray
     """
     import ants
 
+    # antspyx finds a registration's output files by their prefix: no prefix here is the
+    # beginning of another.
     best: tuple[float, str] | None = None
     for n, dz in enumerate(START_SHIFTS_MM):
         start = ants.create_ants_transform(
             transform_type="AffineTransform", dimension=3,
             translation=tuple(float(v) for v in shift + np.array([0.0, 0.0, dz])))
-        start_file = str(workdir / f"start{n}.mat")
+        start_file = str(workdir / f"start{n}-{name}.mat")
         ants.write_transform(start, start_file)
         coarse = ants.registration(
-            fixed, moving, type_of_transform="Affine", initial_transform=[start_file],
-            mask=fixed_mask, outprefix=str(workdir / f"coarse{n}_"), random_seed=seed,
+            fixed, moving, type_of_transform=kind, initial_transform=[start_file],
+            mask=fixed_mask, outprefix=str(workdir / f"coarse{n}-{name}_"), random_seed=seed,
+            aff_random_sampling_rate=1.0,
             aff_iterations=(200, 100), aff_shrink_factors=(4, 2), aff_smoothing_sigmas=(2, 1))
         warped = ants.apply_transforms(fixed, template_mask, coarse["fwdtransforms"],
                                        interpolator="linear").numpy() > 0.5
@@ -271,8 +348,9 @@ def _affine_stage(fixed, moving, fixed_mask, template_mask, epi_mask: np.ndarray
         if best is None or score > best[0]:
             best = (score, coarse["fwdtransforms"][0])
     final = ants.registration(
-        fixed, moving, type_of_transform="Affine", initial_transform=[best[1]],
-        mask=fixed_mask, outprefix=str(workdir / "affine_"), random_seed=seed,
+        fixed, moving, type_of_transform=kind, initial_transform=[best[1]],
+        mask=fixed_mask, outprefix=str(workdir / f"final-{name}_"), random_seed=seed,
+            aff_random_sampling_rate=1.0,
         aff_iterations=(100, 50), aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0))
     return final["fwdtransforms"]
 
