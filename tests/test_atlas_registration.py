@@ -25,6 +25,7 @@ from rtserver.errors import InputError
 from rtserver.resources import load_atlas, load_template
 from rtserver.scanner.sources import open_source
 from rtserver.service.atlas_registration import register_epi, write_outputs
+from rtserver.service.t1w_registration import register_t1w
 from rtserver.volume import Volume
 
 from .conftest import SHARED_DATA
@@ -129,17 +130,8 @@ def test_phantoms_and_a_scrambled_volume_are_refused(series):
 
 
 # --------------------------------------------------------------------------- known truth
-def _known_truth_volume(seed: int = 3):
-    """The template in EPI contrast through a known affine + smooth warp, slab, noise.
-
-    Returns the EPI volume and the true ROI labels on its grid.
-    """
-    template, atlas = load_template(), load_atlas()
-    shape, voxel = (60, 70, 34), 3.2
-    affine = np.diag([voxel, voxel, voxel, 1.0])
-    affine[:3, 3] = [-96.0, -125.0, -40.0]  # a slab from z=-40 to z=+66 mm (top cut off)
-    ijk = np.indices(shape).reshape(3, -1).astype(np.float64)
-    world = affine[:3, :3] @ ijk + affine[:3, 3:4]
+def _to_mni(world: np.ndarray) -> np.ndarray:
+    """The known truth: subject world (mm) -> MNI (mm), an affine and a smooth warp."""
     angle = np.deg2rad(6.0)
     linear = np.array([[np.cos(angle), -np.sin(angle), 0.0],
                        [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]) @ np.diag(
@@ -147,19 +139,49 @@ def _known_truth_volume(seed: int = 3):
     mni = linear @ world + np.array([[3.0], [-4.0], [5.0]])
     warp = np.stack([3.0 * np.sin(mni[1] / 35.0), 2.5 * np.cos(mni[0] / 40.0),
                      2.0 * np.sin(mni[0] / 30.0 + mni[2] / 45.0)])
-    mni = mni + warp
+    return mni + warp
 
-    def sample(image, image_affine, order):
-        inverse = np.linalg.inv(image_affine)
-        coords = inverse[:3, :3] @ mni + inverse[:3, 3:4]
-        return ndimage.map_coordinates(image, coords, order=order, mode="constant",
-                                       cval=0).reshape(shape)
 
-    contrast = sample(template.epi_contrast(), template.affine, 1)
+def _sample(image, image_affine, mni, shape, order):
+    inverse = np.linalg.inv(image_affine)
+    coords = inverse[:3, :3] @ mni + inverse[:3, 3:4]
+    return ndimage.map_coordinates(image, coords, order=order, mode="constant",
+                                   cval=0).reshape(shape)
+
+
+def _grid(shape, voxel, origin):
+    affine = np.diag([voxel, voxel, voxel, 1.0])
+    affine[:3, 3] = origin
+    ijk = np.indices(shape).reshape(3, -1).astype(np.float64)
+    return affine, affine[:3, :3] @ ijk + affine[:3, 3:4]
+
+
+def _synthetic_t1w(seed: int = 4) -> Volume:
+    """The MNI T1 head through the same known truth, on a 2.5 mm grid, with noise."""
+    template = load_template()
+    shape = (70, 84, 72)
+    affine, world = _grid(shape, 2.5, [-88.0, -120.0, -70.0])
+    t1 = _sample(template.t1, template.affine, _to_mni(world), shape, 1)
+    t1 = t1 * (1 + 0.02 * np.random.default_rng(seed).standard_normal(shape))
+    return Volume(t1.astype(np.float32), affine, index=0, tr=1.0)
+
+
+def _known_truth_volume(seed: int = 3):
+    """The template in EPI contrast through a known affine + smooth warp, slab, noise.
+
+    Returns the EPI volume and the true ROI labels on its grid.
+    """
+    template, atlas = load_template(), load_atlas()
+    shape = (60, 70, 34)
+    # A slab from z=-40 to z=+66 mm (the top of the head cut off).
+    affine, world = _grid(shape, 3.2, [-96.0, -125.0, -40.0])
+    mni = _to_mni(world)
+    contrast = _sample(template.epi_contrast(), template.affine, mni, shape, 1)
     rng = np.random.default_rng(seed)
     data = 1000.0 * contrast * (1 + 0.03 * rng.standard_normal(shape))
     data += 20.0 * np.abs(rng.standard_normal(shape))
-    truth, _ = label_rois(sample(atlas.labels, atlas.affine, 0).astype(np.int32), atlas)
+    truth, _ = label_rois(_sample(atlas.labels, atlas.affine, mni, shape, 0).astype(np.int32),
+                          atlas)
     return Volume(data.astype(np.float32), affine, index=0, tr=2.0), truth
 
 
@@ -169,8 +191,17 @@ def known_truth():
     return register_epi(reference, load_template(), load_atlas()), truth
 
 
-def test_known_warp_gives_back_every_cortico_striatal_roi(known_truth):
-    registration, truth = known_truth
+@pytest.fixture(scope="module")
+def known_truth_t1w():
+    reference, truth = _known_truth_volume()
+    return register_t1w(reference, _synthetic_t1w(), load_template(), load_atlas()), truth
+
+
+@pytest.mark.parametrize("path", ["epi", "t1w"])
+def test_known_warp_gives_back_every_cortico_striatal_roi(request, path):
+    registration, truth = request.getfixturevalue(
+        "known_truth" if path == "epi" else "known_truth_t1w")
+    assert registration.quality.method.startswith(f"ants-{path}")
     assert registration.quality.dice >= 0.9
     for value, name in registration.rois.names.items():
         got = dice(registration.rois.labels == value, truth == value)
@@ -203,3 +234,13 @@ def test_the_run_folder_gets_rois_transforms_and_qc(known_truth, tmp_path):
         [str(f) for f in transforms], interpolator="genericLabel").numpy()
     labels, _ = label_rois(np.rint(again).astype(np.int32), atlas)
     np.testing.assert_array_equal(labels, registration.rois.labels)
+
+
+def test_t1w_path_composes_one_field_and_agrees_on_coverage(known_truth, known_truth_t1w):
+    epi, _ = known_truth
+    t1w, _ = known_truth_t1w
+    assert len(t1w.transforms) == 1 and t1w.transforms[0].name.endswith(".nii.gz")
+    for name, fraction in epi.quality.roi_fov_fraction.items():
+        assert abs(t1w.quality.roi_fov_fraction[name] - fraction) < 0.1, name
+    # The slab leaves out the top of the head, none of the ROIs.
+    assert min(t1w.quality.roi_fov_fraction.values()) > 0.9
