@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--roi", metavar="FILE",
                        help="ROI label image in the EPI space of the first run's first volume "
                        "(default: the MNI atlases registered to that volume)")
+    train.add_argument("--t1w", type=Path, metavar="SOURCE",
+                       help="the session's T1-weighted image (NIfTI or DICOM folder): atlas "
+                       "ROIs are registered through it (more robust than from the EPI alone)")
     train.add_argument("--task", default="localizer", help="BIDS task to train on (localizer)")
     train.add_argument("--run", type=int, action="append", metavar="N", dest="runs",
                        help="use run N only (repeatable; default: every run of the task)")
@@ -178,6 +181,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roi", metavar="FILE",
                         help="ROI label image in EPI space (with a .tsv of names beside it), or "
                         "'atlas': the MNI atlases registered to the reference volume")
+    parser.add_argument("--t1w", type=Path, metavar="SOURCE",
+                        help="with --roi atlas: the session's T1-weighted image (NIfTI or "
+                        "DICOM folder), through which the atlases are registered")
     parser.add_argument("--target", metavar="NAME", help="ROI that drives the feedback "
                         "without a decoder")
     parser.add_argument("--model", metavar="FILE",
@@ -235,12 +241,17 @@ def _config_from(args: argparse.Namespace):
                  "feedback": getattr(args, "feedback", None),
                  "results": getattr(args, "results", None)},
         run={"subject": args.subject, "task": args.task, "run": args.run},
-        roi={"mask": args.roi, "target": args.target},
+        roi={"mask": args.roi, "target": args.target, "t1w": _t1w(args)},
         motion={"reference": args.reference, "reference_index": args.reference_index,
                 "fd_threshold": args.fd_threshold, "reslice": args.reslice},
         feedback={"paradigm": args.paradigm},
         decoder={"model": args.model, "feedback": args.feedback_type},
     )
+
+
+def _t1w(args: argparse.Namespace) -> str | None:
+    """``--t1w`` as a string (``None`` when not given)."""
+    return str(args.t1w) if getattr(args, "t1w", None) is not None else None
 
 
 def _check_tr(args: argparse.Namespace) -> None:
@@ -410,7 +421,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.out.suffix != ".skops":
         raise InputError(f"--out should name a .skops file. Got {args.out}.")
-    config = load_config(args.config).with_overrides(roi={"mask": args.roi})
+    config = load_config(args.config).with_overrides(roi={"mask": args.roi, "t1w": _t1w(args)})
     decoder, scores = train_subject(args.bids, args.subject, config=config, task=args.task,
                                     runs=args.runs, lag=args.lag, progress=True)
     model, card = save_decoder(decoder, args.out)
@@ -441,7 +452,7 @@ SETTING_OPTIONS = {
     "roi.target": "--target", "paradigm": "--paradigm", "series": "--series",
     "watch": "--watch", "motion.reference": "--reference",
     "motion.reference_index": "--reference-index", "decoder.model": "--model",
-    "format": "--format", "slices": "--slices",
+    "format": "--format", "slices": "--slices", "roi.t1w": "--t1w",
 }
 
 

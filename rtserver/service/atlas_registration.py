@@ -461,16 +461,26 @@ def qc_picture(registration: AtlasRegistration, path: str | Path) -> Path:
 
 
 def make_registrar(template: Template, atlas: Atlas, min_dice: float = 0.8,
-                   out_dir: str | Path | None = None, prefix: str = "run"):
-    """The callable the pipeline maps the atlas with (:data:`~rtserver.core.registration.AtlasRegistrar`).
+                   out_dir: str | Path | None = None, prefix: str = "run",
+                   t1w: Volume | None = None):
+    """The callable the pipeline maps the atlas with.
 
-    It registers, prints its progress and time, writes the run folder's files when
-    ``out_dir`` is given, and returns ``(rois, quality)``.
+    It registers (through ``t1w`` when given,
+    :func:`rtserver.service.t1w_registration.register_t1w`; else from the EPI alone,
+    :func:`register_epi`), logs its progress and time, writes the run folder's files when
+    ``out_dir`` is given, and returns ``(rois, quality)``
+    (:data:`~rtserver.core.registration.AtlasRegistrar`).
     """
 
     def registrar(reference: Volume) -> tuple[RoiSet, RegistrationQuality]:
-        log.info("atlas -> reference EPI: registering with ANTs (affine, then SyN) ...")
-        registration = register_epi(reference, template, atlas, min_dice=min_dice)
+        if t1w is not None:
+            from rtserver.service.t1w_registration import register_t1w
+
+            log.info("atlas -> reference EPI through the T1w: registering with ANTs ...")
+            registration = register_t1w(reference, t1w, template, atlas, min_dice=min_dice)
+        else:
+            log.info("atlas -> reference EPI: registering with ANTs (affine, then SyN) ...")
+            registration = register_epi(reference, template, atlas, min_dice=min_dice)
         try:
             if out_dir is not None:
                 files = write_outputs(registration, out_dir, prefix)

@@ -31,6 +31,7 @@ from rtserver.scanner.sources import open_source
 from rtserver.service.atlas_registration import make_registrar
 from rtserver.service.head_check import check_same_head
 from rtserver.service.model_file import load_decoder
+from rtserver.service.t1w_registration import read_t1w
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class Session:
         run's first volume.
     template, atlas : Template, Atlas or None
         The MNI template and atlas, when the ROIs are the atlas's (``[roi] mask = "atlas"``).
+    t1w : Volume or None
+        The session's T1-weighted image (``[roi] t1w``), through which they are registered.
     """
 
     config: Config
@@ -123,6 +126,7 @@ class Session:
     reference: Volume | None = None
     template: Template | None = None
     atlas: Atlas | None = None
+    t1w: Volume | None = None
 
     @classmethod
     def from_config(cls, config: Config, paradigm: Paradigm | None = None) -> Session:
@@ -152,6 +156,12 @@ class Session:
         template = atlas = None
         if mask == ATLAS:
             template, atlas = load_template(), load_atlas()
+        t1w = None
+        if config.roi.t1w:
+            if mask != ATLAS:
+                raise ConfigError("A T1-weighted image serves the atlas ROIs; set the ROI "
+                                  f"mask to {ATLAS!r} (got {mask!r}).", setting="roi.mask")
+            t1w = read_t1w(config.roi.t1w)
         if paradigm is None and config.feedback.paradigm:
             paradigm = Paradigm.from_file(config.feedback.paradigm)
         reference = None
@@ -165,7 +175,7 @@ class Session:
                             "reference: its ROI voxels are only right if both are the same "
                             "head position", config.motion.reference)
         return cls(config=config, decoder=decoder, rois=rois, paradigm=paradigm,
-                   reference=reference, template=template, atlas=atlas)
+                   reference=reference, template=template, atlas=atlas, t1w=t1w)
 
     def pipeline(self, events: list[dict] | None = None, keep_features: bool = False,
                  out_dir: str | Path | None = None) -> Pipeline:
@@ -210,4 +220,4 @@ class Session:
         if self.template is None or self.atlas is None:
             return None
         return make_registrar(self.template, self.atlas, min_dice=self.config.roi.min_dice,
-                              out_dir=out_dir, prefix=self.config.run.prefix)
+                              out_dir=out_dir, prefix=self.config.run.prefix, t1w=self.t1w)

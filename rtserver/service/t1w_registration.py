@@ -57,7 +57,7 @@ def read_t1w(path: str | Path) -> Volume:
         return next(iter(source))
     except (InputError, StopIteration) as exc:
         raise InputError(f"T1-weighted image {path}: cannot be read ({exc or 'no volume'}); "
-                         "expected a NIfTI file or a DICOM folder.", setting="t1w") from None
+                         "expected a NIfTI file or a DICOM folder.", setting="roi.t1w") from None
 
 
 def _unit(data: np.ndarray) -> np.ndarray:
