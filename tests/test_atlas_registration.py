@@ -24,7 +24,8 @@ from rtserver.core.registration import (
 from rtserver.errors import InputError
 from rtserver.resources import load_atlas, load_template
 from rtserver.scanner.sources import open_source
-from rtserver.service.atlas_registration import register_epi, write_outputs
+from rtserver.service.atlas_registration import register_epi
+from rtserver.service.registration_outputs import write_outputs
 from rtserver.service.t1w_registration import register_t1w
 from rtserver.volume import Volume
 
@@ -231,7 +232,7 @@ def test_the_run_folder_gets_rois_transforms_and_qc(known_truth, tmp_path):
     again = ants.apply_transforms(
         to_ants(np.asarray(reference.data), reference.affine),
         to_ants(atlas.labels.astype(np.float32), atlas.affine),
-        [str(f) for f in transforms], interpolator="genericLabel").numpy()
+        [str(f) for f in transforms], interpolator="nearestNeighbor").numpy()
     labels, _ = label_rois(np.rint(again).astype(np.int32), atlas)
     np.testing.assert_array_equal(labels, registration.rois.labels)
 

@@ -183,7 +183,10 @@ def test_atlas_registration_recovers_the_simulated_rois():
     for value, name in phantom.roi_names.items():
         ours, truth = rois.labels == value, phantom.labels == value
         dice = 2 * np.sum(ours & truth) / (ours.sum() + truth.sum())
-        assert dice > 0.85, f"{name}: Dice {dice:.3f} with the planted ROI"
+        # NAcc (about 60 voxels at 3.5 mm, one voxel 1.7 % of Dice) moves by a voxel between
+        # runs of ANTs' multithreaded optimiser: 0.897-0.932 measured.
+        floor = 0.87 if name == "nacc" else 0.90
+        assert dice >= floor, f"{name}: Dice {dice:.3f} with the planted ROI"
 
 
 def test_atlas_registration_of_a_real_epi_passes_quality_control():
