@@ -43,19 +43,20 @@ SHARED = ROOT.parent / "shared" / "data"
 
 def real() -> None:
     """Brain-mask Dice and setup time of every real series, and the refusals."""
-    print("| series | matrix | brain-mask Dice | scaling | kept | setup (s) |")
-    print("|---|---|---|---|---|---|")
+    print("| series | matrix | brain-mask Dice | affine alone | scaling | kept | setup (s) |")
+    print("|---|---|---|---|---|---|---|")
     template, atlas = load_template(), load_atlas()
     for name in REAL_SERIES + PHANTOMS:
         reference = next(iter(open_source(SHARED / name, tr=2.0)))
         started = time.perf_counter()
         try:
             quality = register_epi(reference, template, atlas, check_rois=False).quality
-            row = (f"{quality.dice:.3f} | {quality.scale:.2f} | {quality.method} | "
+            row = (f"{quality.dice:.3f} | {quality.affine_dice:.3f} | {quality.scale:.2f} | "
+                   f"{quality.method} | "
                    f"{time.perf_counter() - started:.1f}")
         except InputError as exc:
-            row = f"refused: {str(exc).split('(')[1].split(')')[0]} | | | " \
-                  f"{time.perf_counter() - started:.1f}"
+            reason = str(exc).split("refused (")[-1].split("):")[0]
+            row = f"refused: {reason} | | | | {time.perf_counter() - started:.1f}"
         print(f"| {name} | {'x'.join(map(str, reference.shape))} | {row} |", flush=True)
 
 

@@ -9,6 +9,8 @@ Registrations are cached per module (each takes 2-10 s on two cores).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -17,6 +19,7 @@ from rtserver.core.atlas import label_rois
 from rtserver.core.registration import (
     RegistrationQuality,
     check_coverage,
+    check_registration,
     dice,
     fov_fractions,
     roi_voxel_counts,
@@ -69,6 +72,15 @@ def test_dice_counts_and_fov_fractions_by_hand():
     fov = np.zeros((4, 4, 4), bool)
     fov[:, :, :2] = True
     assert fov_fractions(labels, names, fov) == {"one": 0.5, "two": 0.5, "three": 0.0}
+
+
+def test_a_warp_may_refine_a_registration_never_rescue_it():
+    """A phantom's mask fitted by SyN (Dice 0.85) with an affine alone at 0.79 is refused."""
+    quality = RegistrationQuality(dice=0.85, correlation=0.1, scale=1.2, seconds=1.0,
+                                  min_dice=0.8, affine_dice=0.79)
+    with pytest.raises(InputError, match="Dice of the affine alone 0.790 < 0.85"):
+        check_registration(quality)
+    check_registration(replace(quality, affine_dice=0.86))
 
 
 def test_coverage_refusal_names_the_roi_and_what_to_do():

@@ -15,7 +15,9 @@ pure pieces are here, with no I/O:
   reference volume (the core calls it, the service provides it).
 
 Thresholds (:func:`check_registration`): brain-mask Dice >= ``min_dice`` (``[roi] min_dice``,
-default 0.80) and the affine's volume scaling inside :data:`SCALE_RANGE`; (:func:`check_coverage`)
+default 0.80) after the nonlinear warp, >= :data:`MIN_AFFINE_DICE` of the affine alone, and
+the affine's volume
+scaling inside :data:`SCALE_RANGE`; (:func:`check_coverage`)
 every ROI at least :data:`MIN_FOV_FRACTION` inside the field of view. The intensity correlation
 is reported, not held to a threshold: the template's EPI-like contrast is a rough model, and
 real EPIs from different scanners correlate with it from 0.06 to 0.44.
@@ -36,6 +38,9 @@ from rtserver.volume import Volume
 #: Range of the affine's volume scaling (template brain volume -> EPI brain volume). The
 #: MNI152 brain is larger than most: real EPIs of this project's data give 0.61-0.79.
 SCALE_RANGE = (0.4, 1.6)
+#: Lowest brain-mask Dice of the affine alone (or ``min_dice`` when higher). Real EPIs of this
+#: project's data give 0.87-0.95, the Philips phantom 0.79.
+MIN_AFFINE_DICE = 0.85
 #: Lowest share of an ROI's atlas region inside the EPI's field of view.
 MIN_FOV_FRACTION = 0.5
 
@@ -62,6 +67,8 @@ class RegistrationQuality:
         Each ROI's voxel count on the EPI grid.
     roi_fov_fraction : Mapping of str to float
         Each ROI's share of its atlas region inside the EPI's field of view.
+    affine_dice : float or None
+        The brain-mask Dice of the linear part alone (before the nonlinear warp).
     """
 
     dice: float
@@ -72,6 +79,7 @@ class RegistrationQuality:
     method: str = "ants-epi"
     roi_voxels: Mapping[str, int] = field(default_factory=dict)
     roi_fov_fraction: Mapping[str, float] = field(default_factory=dict)
+    affine_dice: float | None = None
 
     def to_dict(self, timing: bool = True) -> dict:
         """Rounded values for JSON.
@@ -82,6 +90,7 @@ class RegistrationQuality:
         out: dict = {k: round(float(getattr(self, k)), 4)
                      for k in ("dice", "correlation", "scale", "seconds", "min_dice")
                      if timing or k != "seconds"}
+        out["affine_dice"] = None if self.affine_dice is None else round(self.affine_dice, 4)
         out["method"] = self.method
         out["roi_voxels"] = {k: int(v) for k, v in self.roi_voxels.items()}
         out["roi_fov_fraction"] = {k: round(float(v), 4)
@@ -177,15 +186,23 @@ def fov_fractions(atlas_rois: np.ndarray, names: Mapping[int, str],
 def check_registration(quality: RegistrationQuality) -> None:
     """Refuse a registration under the thresholds, in one line that says what to do.
 
+    The linear part alone must reach :data:`MIN_AFFINE_DICE` too: a nonlinear warp can fit
+    the template's brain mask onto any blob (a phantom reached 0.85 after SyN), so it may
+    refine a registration, never rescue one.
+
     Raises
     ------
     InputError
-        With ``setting="roi.mask"`` if the brain-mask Dice or the volume scaling fail (is
-        it a brain EPI?).
+        With ``setting="roi.mask"`` if the brain-mask Dice (after the warp, or of the linear
+        part alone) or the volume scaling fail (is it a brain EPI?).
     """
     problems = []
     if not quality.dice >= quality.min_dice:
         problems.append(f"brain-mask Dice {quality.dice:.3f} < {quality.min_dice:.2f}")
+    elif quality.affine_dice is not None and not quality.affine_dice >= max(
+            quality.min_dice, MIN_AFFINE_DICE):
+        problems.append(f"brain-mask Dice of the affine alone {quality.affine_dice:.3f} < "
+                        f"{max(quality.min_dice, MIN_AFFINE_DICE):.2f}")
     if not SCALE_RANGE[0] <= quality.scale <= SCALE_RANGE[1]:
         problems.append(f"volume scaling {quality.scale:.2f} outside {SCALE_RANGE}")
     if problems:

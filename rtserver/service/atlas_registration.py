@@ -194,10 +194,12 @@ def _register_epi(reference: Volume, template: Template, atlas: Atlas, min_dice:
                                         interpolator="linear").numpy() > 0.5
     affine_mask = ants.apply_transforms(fixed, template_mask, affine_files,
                                         interpolator="linear").numpy() > 0.5
-    if dice(affine_mask, epi_mask) >= dice(warped_mask, epi_mask):
+    affine_dice = dice(affine_mask, epi_mask)
+    if affine_dice >= dice(warped_mask, epi_mask):
         method, transforms, warped_mask = "ants-epi-affine", affine_files, affine_mask
     return finish(stage, template, atlas, transforms, affine_files, [True] * len(affine_files), method,
-                  _volume_scale(affine_files[0]), min_dice, check_rois, warped_mask)
+                  _volume_scale(affine_files[0]), min_dice, check_rois, warped_mask,
+                  affine_dice)
 
 
 @dataclass
@@ -235,7 +237,7 @@ def prepare(reference: Volume, workdir: Path) -> Stage:
 def finish(stage: Stage, template: Template, atlas: Atlas, transforms: list[str],
            fov_transforms: list[str], fov_invert: list[bool], method: str, scale: float,
            min_dice: float, check_rois: bool, warped_mask: np.ndarray | None = None,
-           ) -> AtlasRegistration:
+           affine_dice: float | None = None) -> AtlasRegistration:
     """Labels, quality numbers and checks of a template -> EPI transform chain.
 
     Parameters
@@ -258,6 +260,8 @@ def finish(stage: Stage, template: Template, atlas: Atlas, transforms: list[str]
         Also refuse ROIs mostly outside the field of view.
     warped_mask : numpy.ndarray or None
         The template brain mask already warped into the EPI grid (computed if ``None``).
+    affine_dice : float or None
+        The brain-mask Dice of the linear part of the chain alone.
 
     Returns
     -------
@@ -293,7 +297,8 @@ def finish(stage: Stage, template: Template, atlas: Atlas, transforms: list[str]
         correlation=intensity_correlation(warped_contrast[epi_mask], data[epi_mask]),
         scale=scale, seconds=time.perf_counter() - stage.started, min_dice=min_dice,
         method=method, roi_voxels=roi_voxel_counts(labels, names),
-        roi_fov_fraction=fov_fractions(atlas_labels, names, fov_atlas))
+        roi_fov_fraction=fov_fractions(atlas_labels, names, fov_atlas),
+        affine_dice=affine_dice)
     log.info("MNI template -> reference EPI (%s): Dice %.3f, correlation %.3f, scale %.2f "
              "(%.1f s)", method, quality.dice, quality.correlation, quality.scale,
              quality.seconds)

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from rtserver.core.atlas import Atlas, Template
+from rtserver.core.registration import dice
 from rtserver.errors import InputError
 from rtserver.scanner.sources import open_source
 from rtserver.service.atlas_registration import (
@@ -160,5 +161,8 @@ def _register_t1w(reference: Volume, t1w: Volume, template: Template, atlas: Atl
     fov = list(head_affine) + list(rigid)
     transform = ants.read_transform(head_affine[0])
     linear = np.asarray(transform.parameters[:9], dtype=np.float64).reshape(3, 3)
+    linear_mask = ants.apply_transforms(stage.fixed, template_mask, list(rigid) + head_affine,
+                                        interpolator="linear").numpy() > 0.5
     return finish(stage, template, atlas, [composed], fov, [True] * len(fov), "ants-t1w",
-                  float(1.0 / abs(np.linalg.det(linear))), min_dice, check_rois)
+                  float(1.0 / abs(np.linalg.det(linear))), min_dice, check_rois,
+                  affine_dice=dice(linear_mask, stage.epi_mask))
