@@ -285,7 +285,7 @@ def finish(stage: Stage, template: Template, atlas: Atlas, transforms: list[str]
     sampled = ants.apply_transforms(fixed, atlas_image, transforms,
                                     interpolator="nearestNeighbor").numpy()
     labels, names = label_rois(np.rint(sampled).astype(np.int32), atlas)
-    labels[~epi_mask] = 0  # voxels without brain signal (outside the head, dropout) carry none
+    labels[~warped_mask] = 0  # inside the registered brain only (the labels' 2 mm edges)
     # Each ROI's share inside the field of view, counted on the atlas grid.
     atlas_labels, _ = label_rois(atlas.labels, atlas)
     fov_atlas = ants.apply_transforms(
