@@ -68,8 +68,9 @@ def write_outputs(registration: AtlasRegistration, out_dir: str | Path, prefix: 
 def qc_picture(registration: AtlasRegistration, path: str | Path) -> Path:
     """ROI outlines over the reference EPI, with the template's brain outline (PNG).
 
-    Nine axial slices through the brain; each ROI outlined in its own colour, the warped
-    template brain mask in white and the EPI's own mask dashed, the numbers in the title.
+    Nine axial slices through the brain; each ROI outlined in its own colour (legend), the
+    warped template brain mask in white and the EPI's own mask dashed yellow, the numbers
+    in the title.
     """
     import matplotlib
 
@@ -80,26 +81,32 @@ def qc_picture(registration: AtlasRegistration, path: str | Path) -> Path:
     labels = registration.rois.labels
     quality = registration.quality
     zs = np.flatnonzero(registration.epi_mask.any(axis=(0, 1)))
-    zs = np.unique(np.linspace(zs.min(), zs.max(), 9).round().astype(int)) if zs.size else [0]
-    figure, axes = plt.subplots(1, len(zs), figsize=(2.0 * len(zs), 2.6), squeeze=False)
+    zs = np.unique(np.linspace(zs.min(), zs.max(), 11)[1:-1].round().astype(int)) \
+        if zs.size else np.array([0])
+    n_rows = int(np.ceil(len(zs) / 3))
+    figure, axes = plt.subplots(n_rows, 3, figsize=(9.0, 3.0 * n_rows + 0.8), squeeze=False)
     colours = plt.get_cmap("tab10")
-    for axis, z in zip(axes[0], zs, strict=True):
+    names = registration.rois.names
+    for axis in axes.ravel()[len(zs):]:
+        axis.axis("off")
+    for axis, z in zip(axes.ravel(), zs, strict=False):
         axis.imshow(data[:, :, z].T, origin="lower", cmap="gray")
         axis.contour(registration.template_mask[:, :, z].T.astype(float), [0.5],
-                     colors="white", linewidths=0.6)
+                     colors="white", linewidths=0.8)
         axis.contour(registration.epi_mask[:, :, z].T.astype(float), [0.5], colors="yellow",
-                     linewidths=0.5, linestyles="dashed")
-        for value in sorted(registration.rois.names):
+                     linewidths=0.7, linestyles="dashed")
+        for value in sorted(names):
             roi = labels[:, :, z] == value
             if roi.any():
                 axis.contour(roi.T.astype(float), [0.5], colors=[colours(value % 10)],
-                             linewidths=0.8)
-        axis.set_title(f"z={z}", fontsize=7)
+                             linewidths=1.4)
+        axis.set_title(f"slice {z}", fontsize=8)
         axis.axis("off")
+    handles = [plt.Line2D([], [], color=colours(value % 10), lw=2, label=names[value])
+               for value in sorted(names)]
+    figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     figure.suptitle(f"{quality.method}: brain-mask Dice {quality.dice:.3f} (white: template, "
-                    f"yellow: EPI), scaling {quality.scale:.2f}; ROIs: "
-                    + ", ".join(registration.rois.names[k]
-                                for k in sorted(registration.rois.names)), fontsize=7)
+                    f"yellow dashed: EPI), volume scaling {quality.scale:.2f}", fontsize=9)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return Path(path)
