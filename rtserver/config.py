@@ -33,6 +33,7 @@ A config file is TOML with optional tables; anything left out keeps its default:
                              # or "atlas": register the MNI atlases to the reference volume
     target = "nacc"
     min_dice = 0.8           # refuse an atlas registration whose brain-mask Dice is lower
+    t1w = "path/to/T1w.nii.gz"  # the session's T1w (NIfTI or DICOM folder) for atlas ROIs
 
     [signal]                 # online nuisance model of the decoder's features
     drift_order = 2          # polynomial drift terms (t / drift_timescale)^k, k = 1..order
@@ -125,12 +126,14 @@ class RoiConfig:
     """Where the ROIs come from and which one drives the feedback.
 
     ``mask``: a label image in the run's EPI space, :data:`ATLAS` for the MNI atlases
-    registered to the reference, or ``None``.
+    registered to the reference, or ``None``. ``t1w``: the session's T1-weighted image,
+    through which the atlases are registered when given.
     """
 
     mask: str | None = None
     target: str | None = None
     min_dice: float = 0.8
+    t1w: str | None = None
 
 
 @dataclass(frozen=True)

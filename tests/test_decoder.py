@@ -20,7 +20,6 @@ from rtserver.config import Config
 from rtserver.core.decoder import LinearReadout, volume_labels
 from rtserver.core.hrf import paradigm_task_regressor
 from rtserver.core.pipeline import Pipeline
-from rtserver.core.registration import atlas_rois
 from rtserver.core.stages import DecoderFeedback, SignalModel
 from rtserver.core.stages.roi import RoiSet
 from rtserver.core.stages.signal import batch_signal, design_row
@@ -28,6 +27,7 @@ from rtserver.errors import InputError
 from rtserver.paradigm import Paradigm
 from rtserver.resources import load_atlas, load_template
 from rtserver.scanner.sources import open_source
+from rtserver.service.atlas_registration import make_registrar
 from rtserver.service.model_file import MODEL_FORMAT, load_decoder
 from rtserver.service.session import Session, read_rois
 from rtserver.sim import simulate_subject
@@ -170,6 +170,11 @@ def test_intermittent_feedback_is_shown_at_the_end_of_the_block():
 
 
 # --------------------------------------------------------------------------- registration
+def atlas_rois(reference, template, atlas):
+    """The atlas ROIs on the reference grid, by the session's ANTs registration."""
+    return make_registrar(template, atlas)(reference)
+
+
 def test_atlas_registration_recovers_the_simulated_rois():
     phantom = build_phantom((64, 64, 36), 3.5)
     reference = Volume(phantom.baseline.astype(np.float32), phantom.affine, index=0, tr=2.0)
@@ -178,7 +183,10 @@ def test_atlas_registration_recovers_the_simulated_rois():
     for value, name in phantom.roi_names.items():
         ours, truth = rois.labels == value, phantom.labels == value
         dice = 2 * np.sum(ours & truth) / (ours.sum() + truth.sum())
-        assert dice > 0.85, f"{name}: Dice {dice:.3f} with the planted ROI"
+        # NAcc (about 60 voxels at 3.5 mm, one voxel 1.7 % of Dice) moves by a voxel between
+        # runs of ANTs' multithreaded optimiser: 0.897-0.932 measured.
+        floor = 0.87 if name == "nacc" else 0.90
+        assert dice >= floor, f"{name}: Dice {dice:.3f} with the planted ROI"
 
 
 def test_atlas_registration_of_a_real_epi_passes_quality_control():
@@ -262,6 +270,16 @@ def test_train_prints_scores_and_writes_model_and_card(trained, session):
     assert model.stat().st_size < 1_000_000
     decoder = load_decoder(model)
     assert decoder.card == card
+
+
+def test_the_subjects_own_decoder_is_accepted_on_their_run(trained, session):
+    """The wrong-subject check passes a decoder on a later run of its own subject."""
+    model, _ = trained
+    run = session.runs_of("regulation")[0]
+    config = Config().with_overrides(decoder={"model": str(model)},
+                                     motion={"reference": str(run.bold)})
+    checked = Session.from_config(config)
+    assert checked.reference is not None and checked.decoder is not None
 
 
 def test_fast_readout_equals_predict_proba(trained):

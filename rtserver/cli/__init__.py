@@ -25,6 +25,7 @@ SETTING_OPTIONS = {
     "watch": "--watch", "motion.reference": "--reference",
     "motion.reference_index": "--reference-index", "decoder.model": "--model",
     "format": "--format", "slices": "--slices", "restart": "--restart", "out": "--out",
+    "roi.t1w": "--t1w",
     "network.curve": "--curve", "network.insecure": "--insecure",
 }
 

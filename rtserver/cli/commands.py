@@ -25,12 +25,17 @@ def _config_from(args: argparse.Namespace):
                  "curve": getattr(args, "curve", None),
                  "insecure": getattr(args, "insecure", None)},
         run={"subject": args.subject, "task": args.task, "run": args.run},
-        roi={"mask": args.roi, "target": args.target},
+        roi={"mask": args.roi, "target": args.target, "t1w": _t1w(args)},
         motion={"reference": args.reference, "reference_index": args.reference_index,
                 "fd_threshold": args.fd_threshold, "reslice": args.reslice},
         feedback={"paradigm": args.paradigm},
         decoder={"model": args.model, "feedback": args.feedback_type},
     )
+
+
+def _t1w(args: argparse.Namespace) -> str | None:
+    """``--t1w`` as a string (``None`` when not given)."""
+    return str(args.t1w) if getattr(args, "t1w", None) is not None else None
 
 
 def _check_tr(args: argparse.Namespace) -> None:
@@ -211,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.out.suffix != ".skops":
         raise InputError(f"--out should name a .skops file. Got {args.out}.")
-    config = load_config(args.config).with_overrides(roi={"mask": args.roi})
+    config = load_config(args.config).with_overrides(roi={"mask": args.roi, "t1w": _t1w(args)})
     decoder, scores = train_subject(args.bids, args.subject, config=config, task=args.task,
                                     runs=args.runs, lag=args.lag, progress=True)
     model, card = save_decoder(decoder, args.out)

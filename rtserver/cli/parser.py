@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--roi", metavar="FILE",
                        help="ROI label image in the EPI space of the first run's first volume "
                        "(default: the MNI atlases registered to that volume)")
+    train.add_argument("--t1w", type=Path, metavar="SOURCE",
+                       help="the session's T1-weighted image (NIfTI or DICOM folder): atlas "
+                       "ROIs are registered through it (more robust than from the EPI alone)")
     train.add_argument("--task", default="localizer", help="BIDS task to train on (localizer)")
     train.add_argument("--run", type=int, action="append", metavar="N", dest="runs",
                        help="use run N only (repeatable; default: every run of the task)")
@@ -194,6 +197,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roi", metavar="FILE",
                         help="ROI label image in EPI space (with a .tsv of names beside it), or "
                         "'atlas': the MNI atlases registered to the reference volume")
+    parser.add_argument("--t1w", type=Path, metavar="SOURCE",
+                        help="with --roi atlas: the session's T1-weighted image (NIfTI or "
+                        "DICOM folder), through which the atlases are registered")
     parser.add_argument("--target", metavar="NAME", help="ROI that drives the feedback "
                         "without a decoder")
     parser.add_argument("--model", metavar="FILE",
@@ -260,6 +266,3 @@ def _add_pacing(parser: argparse.ArgumentParser, default_asap: bool = False) -> 
                         help="send X times faster than the acquisition TR")
     pacing.add_argument("--asap", action="store_true", default=default_asap,
                         help="send as fast as the server acknowledges")
-
-
-# --------------------------------------------------------------------------- commands

@@ -40,9 +40,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rtserver.config import Config
-from rtserver.core.atlas import Atlas, Template
 from rtserver.core.hrf import task_regressor
-from rtserver.core.registration import RegistrationQuality, atlas_rois
+from rtserver.core.registration import AtlasRegistrar, RegistrationQuality
 from rtserver.core.stages import (
     DecoderFeedback,
     FeedbackScaler,
@@ -82,8 +81,8 @@ class Pipeline:
     config : Config
         Stage settings (``motion``, ``roi``, ``signal``, ``decoder``, ``feedback`` tables).
     rois : RoiSet or None
-        Regions on the EPI grid; ``None`` takes the decoder's, or registers ``atlas`` to the
-        reference when a template and an atlas are given, or else uses an automatic
+        Regions on the EPI grid; ``None`` takes the decoder's, or maps the atlas into the
+        reference with ``registrar`` when one is given, or else uses an automatic
         whole-brain mask.
     paradigm : Paradigm or None
         The run's paradigm (block design of the feedback); ``None`` for none.
@@ -98,21 +97,19 @@ class Pipeline:
     keep_features : bool
         Run the signal model even without a decoder, keeping each volume's features in
         ``features_`` (training uses this).
-    template, atlas : Template, Atlas or None
-        The MNI template and atlas, registered to the reference at :meth:`fit` when
-        ``rois`` is ``None`` and there is no decoder.
+    registrar : AtlasRegistrar or None
+        Maps the MNI atlas into the reference at :meth:`fit` (``registrar(reference) ->
+        (rois, quality)``) when ``rois`` is ``None`` and there is no decoder; the service
+        layer provides it (:mod:`rtserver.service.atlas_registration`, ANTs).
     """
 
     def __init__(self, config: Config, rois: RoiSet | None = None,
                  paradigm: Paradigm | None = None, reference: Volume | None = None,
                  decoder: Decoder | None = None, events: list[dict] | None = None,
-                 keep_features: bool = False, template: Template | None = None,
-                 atlas: Atlas | None = None) -> None:
+                 keep_features: bool = False, registrar: AtlasRegistrar | None = None,
+                 ) -> None:
         self.config = config
-        if (template is None) != (atlas is None):
-            raise ConfigError("Atlas ROIs need both the MNI template and the atlas. Got "
-                              f"template {template is not None}, atlas {atlas is not None}.")
-        self.use_atlas = rois is None and decoder is None and atlas is not None
+        self.use_atlas = rois is None and decoder is None and registrar is not None
         if rois is None and decoder is not None:
             rois = decoder.rois
         if reference is None and decoder is not None:
@@ -121,8 +118,7 @@ class Pipeline:
         self.paradigm = paradigm
         self.reference = reference
         self.decoder = decoder
-        self.template = template
-        self.atlas = atlas
+        self.registrar = registrar
         self.events = events if events is not None else (
             paradigm.events() if paradigm is not None else None)
         self.keep_features = keep_features or decoder is not None
@@ -188,8 +184,7 @@ class Pipeline:
 
     def _fit(self, reference: Volume) -> Pipeline:
         if self.use_atlas:
-            self.rois, self.registration_ = atlas_rois(reference, self.template, self.atlas,
-                                                       min_dice=self.config.roi.min_dice)
+            self.rois, self.registration_ = self.registrar(reference)
             self.roi = RoiExtractor(self.rois)
         self.motion.fit(reference)
         self.roi.fit(reference)

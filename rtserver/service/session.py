@@ -22,12 +22,16 @@ from rtserver.config import ATLAS, Config
 from rtserver.core.atlas import Atlas, Template
 from rtserver.core.decoder import Decoder
 from rtserver.core.pipeline import Pipeline
+from rtserver.core.registration import AtlasRegistrar
 from rtserver.core.stages.roi import RoiSet
 from rtserver.errors import ConfigError, InputError
 from rtserver.paradigm import Paradigm
 from rtserver.resources import load_atlas, load_template
 from rtserver.scanner.sources import open_source
+from rtserver.service.atlas_registration import make_registrar
+from rtserver.service.head_check import check_same_head
 from rtserver.service.model_file import load_decoder
+from rtserver.service.t1w_registration import read_t1w
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -111,6 +115,8 @@ class Session:
         run's first volume.
     template, atlas : Template, Atlas or None
         The MNI template and atlas, when the ROIs are the atlas's (``[roi] mask = "atlas"``).
+    t1w : Volume or None
+        The session's T1-weighted image (``[roi] t1w``), through which they are registered.
     """
 
     config: Config
@@ -120,6 +126,7 @@ class Session:
     reference: Volume | None = None
     template: Template | None = None
     atlas: Atlas | None = None
+    t1w: Volume | None = None
 
     @classmethod
     def from_config(cls, config: Config, paradigm: Paradigm | None = None) -> Session:
@@ -135,7 +142,8 @@ class Session:
         Raises
         ------
         InputError
-            If a file cannot be read as what it should be.
+            If a file cannot be read as what it should be, or the motion reference is not
+            the head the decoder was trained on.
         ConfigError
             If the settings contradict each other (a decoder and ROI masks).
         """
@@ -148,21 +156,36 @@ class Session:
         template = atlas = None
         if mask == ATLAS:
             template, atlas = load_template(), load_atlas()
+        t1w = None
+        if config.roi.t1w:
+            if mask != ATLAS:
+                raise ConfigError("A T1-weighted image serves the atlas ROIs; set the ROI "
+                                  f"mask to {ATLAS!r} (got {mask!r}).", setting="roi.mask")
+            t1w = read_t1w(config.roi.t1w)
         if paradigm is None and config.feedback.paradigm:
             paradigm = Paradigm.from_file(config.feedback.paradigm)
         reference = None
         if config.motion.reference:
             reference = load_reference(config.motion.reference, config.motion.reference_index)
             if decoder is not None:
+                check_same_head(reference, decoder.reference,
+                                run_name=Path(config.motion.reference).name,
+                                decoder_name=Path(config.decoder.model).name)
                 log.warning("the motion reference %s replaces the decoder's training "
                             "reference: its ROI voxels are only right if both are the same "
                             "head position", config.motion.reference)
         return cls(config=config, decoder=decoder, rois=rois, paradigm=paradigm,
-                   reference=reference, template=template, atlas=atlas)
+                   reference=reference, template=template, atlas=atlas, t1w=t1w)
 
-    def pipeline(self, events: list[dict] | None = None,
-                 keep_features: bool = False) -> Pipeline:
+    def pipeline(self, events: list[dict] | None = None, keep_features: bool = False,
+                 out_dir: str | Path | None = None) -> Pipeline:
         """The run's processing core, fitted now if its reference is known.
+
+        With atlas ROIs, the atlas is registered to the reference here (ANTs, before the
+        run's first volume is accepted, when the reference is known), with its progress and
+        time logged; ``out_dir`` (the run folder) receives the ROIs in EPI space, the ANTs
+        transforms and the QC picture
+        (:func:`rtserver.service.atlas_registration.write_outputs`).
 
         Raises
         ------
@@ -172,8 +195,29 @@ class Session:
         """
         pipeline = Pipeline(self.config, rois=self.rois, paradigm=self.paradigm,
                             reference=self.reference, decoder=self.decoder, events=events,
-                            keep_features=keep_features, template=self.template,
-                            atlas=self.atlas)
+                            keep_features=keep_features, registrar=self.registrar(out_dir))
         if pipeline.reference is not None:
             pipeline.fit(pipeline.reference)
         return pipeline
+
+    def check_run(self, volume: Volume, run_name: str = "volume 0") -> None:
+        """Refuse a run that is not the head the decoder was trained on (no-op without one).
+
+        The run's first volume is registered to the decoder's training reference
+        (:func:`rtserver.service.head_check.check_same_head`).
+
+        Raises
+        ------
+        InputError
+            Naming the run and the decoder, if the heads differ.
+        """
+        if self.decoder is not None:
+            check_same_head(volume, self.decoder.reference, run_name=run_name,
+                            decoder_name=Path(self.config.decoder.model or "decoder").name)
+
+    def registrar(self, out_dir: str | Path | None = None) -> AtlasRegistrar | None:
+        """The atlas registration the pipeline calls at fit (``None`` without atlas ROIs)."""
+        if self.template is None or self.atlas is None:
+            return None
+        return make_registrar(self.template, self.atlas, min_dice=self.config.roi.min_dice,
+                              out_dir=out_dir, prefix=self.config.run.prefix, t1w=self.t1w)

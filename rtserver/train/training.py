@@ -26,13 +26,14 @@ from rtserver.core.decoder import (
     volume_labels,
 )
 from rtserver.core.pipeline import Pipeline
-from rtserver.core.registration import atlas_rois
 from rtserver.core.stages.roi import RoiSet
 from rtserver.errors import InputError
 from rtserver.resources import load_atlas, load_template
 from rtserver.scanner.sources import open_source
+from rtserver.service.atlas_registration import make_registrar
 from rtserver.service.model_file import software_versions
 from rtserver.service.session import load_reference, read_rois
+from rtserver.service.t1w_registration import read_t1w
 from rtserver.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,8 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
         Subject label (``"P01"`` or ``"sub-P01"``).
     config : Config or None
         Motion, ROI and signal settings (``[roi] mask``: ROI labels in the EPI space of the
-        first run's first volume, or unset / ``"atlas"`` to register the MNI atlases to it).
+        first run's first volume, or unset / ``"atlas"`` to register the MNI atlases to it;
+        ``[roi] t1w``: the session's T1w to register them through).
     task : str
         BIDS task of the training runs.
     runs : list of int or None
@@ -289,8 +291,9 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
                  if config.motion.reference else next(iter(open_source(files[0][0]))))
     registration = None
     if config.roi.mask == ATLAS:  # registered once, before the runs go through
-        rois, registration = atlas_rois(reference, load_template(), load_atlas(),
-                                        min_dice=config.roi.min_dice)
+        t1w = read_t1w(config.roi.t1w) if config.roi.t1w else None
+        rois, registration = make_registrar(load_template(), load_atlas(),
+                                            min_dice=config.roi.min_dice, t1w=t1w)(reference)
     else:
         rois = read_rois(config.roi.mask)
     n_total = sum(open_source(bold).n_volumes for bold, _ in files)
@@ -332,7 +335,8 @@ def train_subject(bids: str | Path, subject: str, *, config: Config | None = Non
             "names": roi_names,
             "n_voxels": {name: int(np.count_nonzero(rois.labels == k))
                          for k, name in sorted(rois.names.items())},
-            "source": "MNI atlases registered to the reference (affine)"
+            "source": "MNI atlases registered to the reference (ANTs, "
+                      + ("through the session's T1w)" if config.roi.t1w else "EPI alone)")
             if registration is not None else str(config.roi.mask),
             "registration": None if registration is None else registration.to_dict(timing=False),
         },
