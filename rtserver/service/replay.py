@@ -37,7 +37,7 @@ class ServerThread:
             self.error = exc
             self.server.ready.set()
 
-    def start(self, timeout: float = 10.0) -> ServerThread:
+    def start(self, timeout: float = 120.0) -> ServerThread:
         """Start the thread and wait until the sockets are bound."""
         self._thread.start()
         if not self.server.ready.wait(timeout):

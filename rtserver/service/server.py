@@ -18,6 +18,7 @@ File writing happens on the recorder's own thread, off the per-volume path.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -40,7 +41,7 @@ from rtserver.service.run_info import (
     should_log,
 )
 from rtserver.service.run_output import RunOutput
-from rtserver.service.session import Session
+from rtserver.service.session import Session, read_rois
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,10 @@ class Server:
                              setting="n_volumes")
         self.config = config
         self.out_dir = Path(out_dir)
-        self.pipeline = pipeline if pipeline is not None else Session.from_config(config).pipeline()
+        # Files are loaded now (bad input fails at once); the pipeline is built and fitted in
+        # start(), once the run folder is decided (atlas ROIs write their files there).
+        self._setup = None if pipeline is not None else Session.from_config(config)
+        self.pipeline = pipeline
         self.n_volumes = n_volumes
         self.wait_display = wait_display
         self.counters = Counters()
@@ -95,8 +99,7 @@ class Server:
         self._wakers = Wakers(self._context, self._control_endpoint)
         self.output = RunOutput(self.out_dir, config.run.prefix, restart,
                                 on_recorded=self._wakers.recorded)
-        self.intake = VolumeIntake(self.pipeline, self.counters, self.output, self._session,
-                                   config.motion.reslice, self._wakers.wake)
+        self.intake: VolumeIntake | None = None
         self._sockets: dict[str, zmq.Socket] = {}
         self._curve: CurveServer | None = None
 
@@ -120,6 +123,11 @@ class Server:
         curve = channel_security(network)
         try:
             self.out_dir = self.output.prepare()
+            if self.pipeline is None:
+                self.pipeline = self._build_pipeline()
+            self.intake = VolumeIntake(self.pipeline, self.counters, self.output,
+                                       self._session, self.config.motion.reslice,
+                                       self._wakers.wake)
         except OSError as exc:
             raise InputError(f"Cannot create the output folder {self.out_dir}: "
                              f"{exc.strerror}.", setting="out") from None
@@ -151,6 +159,20 @@ class Server:
                  " (CURVE)" if curve is not None else "")
         self.ready.set()
         return self
+
+    def _build_pipeline(self) -> Pipeline:
+        """The session's pipeline, registering atlas ROIs into the run folder.
+
+        A resumed run takes the ROIs it recorded (its ``*_desc-rois_dseg``) rather than
+        registering again, so its state is the interrupted run's.
+        """
+        session = self._setup
+        recorded = self.out_dir / f"{self.config.run.prefix}_space-EPI_desc-rois_dseg.nii.gz"
+        if self.output.resuming and session.registrar() is not None and recorded.exists():
+            log.info("resuming with the ROIs the run registered: %s", recorded.name)
+            session = dataclasses.replace(session, rois=read_rois(recorded), template=None,
+                                          atlas=None)
+        return session.pipeline(out_dir=self.out_dir)
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish at once (thread-safe; also what SIGINT/SIGTERM call).
