@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import csv
 import re
-import selectors
 import signal
-import socket
 import stat
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +38,7 @@ from rtserver.service.server import Server
 from rtserver.volume import Volume
 
 from .conftest import SIEMENS_MOSAIC, SIEMENS_NIFTI, command
+from .relay import RecordingRelay
 
 ANY_PORT = "tcp://127.0.0.1:*"
 LISTENING = r"listening: volumes (\S+), feedback (\S+), results (\S+)"
@@ -293,61 +291,6 @@ def test_feedback_display_checks_its_keys_before_opening_a_window(tmp_path, proc
 
 
 # --------------------------------------------------------------------------- encryption
-class Relay:
-    """A TCP relay on 127.0.0.1 that records every byte the client sends to the server."""
-
-    def __init__(self, upstream: str) -> None:
-        host, port = re.fullmatch(r"tcp://([\d.]+):(\d+)", upstream).groups()
-        self.upstream = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.recorded = bytearray()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.listener, selectors.EVENT_READ)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._peers: dict[socket.socket, tuple[socket.socket, bool]] = {}
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            for key, _ in self._selector.select():
-                sock = key.fileobj
-                if sock is self._wake_r:
-                    return
-                if sock is self.listener:
-                    client, _ = self.listener.accept()
-                    server = socket.create_connection(self.upstream)
-                    self._peers[client] = (server, True)
-                    self._peers[server] = (client, False)
-                    self._selector.register(client, selectors.EVENT_READ)
-                    self._selector.register(server, selectors.EVENT_READ)
-                    continue
-                if sock not in self._peers:  # closed with its peer earlier in this batch
-                    continue
-                other, from_client = self._peers[sock]
-                try:
-                    data = sock.recv(65536)
-                except ConnectionError:
-                    data = b""
-                if not data:
-                    for end in (sock, other):
-                        self._selector.unregister(end)
-                        self._peers.pop(end)
-                        end.close()
-                    continue
-                if from_client:
-                    self.recorded += data
-                other.sendall(data)
-
-    def close(self) -> None:
-        self._wake_w.send(b"x")
-        self._thread.join(10)
-        for sock in [*self._peers, self.listener, self._wake_r, self._wake_w]:
-            sock.close()
-
-
 def patterned(volume: Volume) -> Volume:
     """``volume`` with its first voxels replaced by :data:`PATTERN` (in the background)."""
     data = volume.data.copy()
@@ -365,7 +308,7 @@ def test_no_voxel_bytes_in_clear_with_curve(tmp_path, keys, with_curve):
     assert PATTERN in bytes(protocol.encode_volume(volumes[0])[1])
     server = Server(curve_config(keys if with_curve else None), tmp_path / "out")
     thread = ServerThread(server).start()
-    relay = Relay(server.endpoints["volumes"])
+    relay = RecordingRelay(server.endpoints["volumes"])
     try:
         with ScannerBridge(relay.endpoint, curve=keys if with_curve else None) as bridge:
             report = bridge.send_all(volumes, interval=None)

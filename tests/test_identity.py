@@ -21,9 +21,6 @@ from __future__ import annotations
 import datetime
 import gzip
 import re
-import selectors
-import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +36,7 @@ from rtserver.scanner.export_writer import ExportPlan, ExportWriter
 from rtserver.scanner.readers.pieces import series_digest
 
 from .conftest import SIEMENS_MOSAIC, command
+from .relay import RecordingRelay
 
 ANY_PORT = "tcp://127.0.0.1:*"
 LISTENING = r"listening: volumes (\S+), feedback (\S+), results (\S+)"
@@ -249,58 +247,6 @@ def leaks(content: bytes, planted: Planted) -> list[str]:
     return found
 
 
-class RecordingRelay:
-    """A TCP relay on 127.0.0.1 that records every byte, in both directions."""
-
-    def __init__(self, upstream: str) -> None:
-        host, port = re.fullmatch(r"tcp://([\d.]+):(\d+)", upstream).groups()
-        self.upstream = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.recorded = bytearray()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.listener, selectors.EVENT_READ)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._peers: dict[socket.socket, socket.socket] = {}
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            for key, _ in self._selector.select():
-                sock = key.fileobj
-                if sock is self._wake_r:
-                    return
-                if sock is self.listener:
-                    client, _ = self.listener.accept()
-                    try:
-                        server = socket.create_connection(self.upstream)
-                    except OSError:  # the server has gone: its clients' reconnections
-                        client.close()
-                        continue
-                    self._peers[client], self._peers[server] = server, client
-                    self._selector.register(client, selectors.EVENT_READ)
-                    self._selector.register(server, selectors.EVENT_READ)
-                    continue
-                other = self._peers[sock]
-                data = sock.recv(65536)
-                if not data:
-                    for end in (sock, other):
-                        self._selector.unregister(end)
-                        self._peers.pop(end)
-                        end.close()
-                    continue
-                self.recorded += data
-                other.sendall(data)
-
-    def close(self) -> None:
-        self._wake_w.send(b"x")
-        self._thread.join(10)
-        for sock in [*self._peers, self.listener, self._wake_r, self._wake_w]:
-            sock.close()
-
-
 def finish(process, timeout: float = 60.0) -> tuple[int, bytes]:
     """Wait for a :class:`~tests.conftest.RunningProcess`; its exit code, stdout and stderr."""
     try:
@@ -365,7 +311,7 @@ def test_no_planted_identity_on_the_wire_in_outputs_or_logs(planted_series, tmp_
     server = processes([command("rtserver"), "-v", "serve", "--out", str(out), "--volumes",
                         ANY_PORT, "--feedback", ANY_PORT, "--results", ANY_PORT])
     volumes, feedback, results = server.wait_for(LISTENING).groups()
-    relays = {name: RecordingRelay(endpoint) for name, endpoint in
+    relays = {name: RecordingRelay(endpoint, both_ways=True) for name, endpoint in
               (("volumes", volumes), ("feedback", feedback), ("results", results))}
     context = zmq.Context()
     sub = context.socket(zmq.SUB)
