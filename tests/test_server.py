@@ -86,3 +86,29 @@ def test_a_known_reference_is_fitted_before_volume_0(tmp_path):
         got = server.intake.results[volume.index]
         assert got.fd == pytest.approx(event.fd, abs=1e-9)
         assert got.rois == pytest.approx(event.rois, abs=1e-6)
+
+
+def test_read_ahead_keeps_order_and_raises_a_reading_error_where_it_happened():
+    from rtserver.errors import InputError
+    from rtserver.service.bridge import read_ahead
+
+    assert list(read_ahead(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield from range(3)
+        raise InputError("volume 3 is cut short")
+
+    reader = read_ahead(failing())
+    assert [next(reader) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(InputError, match="volume 3 is cut short"):
+        next(reader)
+    reader = read_ahead(iter(range(1000)), depth=2)
+    assert next(reader) == 0
+    reader.close()  # the consumer stops early: the reader thread ends instead of blocking
+    import threading
+    import time
+
+    deadline = time.monotonic() + 5
+    while any(t.name == "read-ahead" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())

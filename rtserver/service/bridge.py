@@ -10,8 +10,10 @@ schedule (volume ``k`` leaves at ``start + k * interval``), so delays do not acc
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,50 @@ class SendReport:
     n_acknowledged: int = 0
     n_resent: int = 0
     rejected: dict[int, str] | None = None
+
+
+def read_ahead(volumes: Iterable[Volume], depth: int = 2) -> Iterator[Volume]:
+    """Iterate ``volumes`` while a thread reads the next ones (at most ``depth`` ahead).
+
+    Reading a volume from a file (a ``.nii.gz`` is decompressed) then overlaps with
+    waiting for the previous one's acknowledgement; memory stays at ``depth`` volumes. An
+    error in reading is raised here, at the volume it concerns.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def offer(item: object) -> bool:
+        """Put ``item`` in a slot unless the consumer has gone; False if it has."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for volume in volumes:
+                if not offer(volume):
+                    return
+            offer(done)
+        except BaseException as exc:  # handed to the consumer
+            offer(exc)
+
+    reader = threading.Thread(target=read, name="read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 class ScannerBridge:
@@ -177,7 +223,7 @@ class ScannerBridge:
         """
         start = time.monotonic()
         count = 0
-        for count, volume in enumerate(volumes, start=1):
+        for count, volume in enumerate(read_ahead(volumes), start=1):
             if interval is not None:
                 delay = start + (count - 1) * interval - time.monotonic()
                 if delay > 0:
