@@ -20,25 +20,28 @@ from pathlib import Path
 
 import numpy as np
 
+from rtserver.core.registration import dice
+from rtserver.errors import InputError
+from rtserver.resources import load_atlas, load_template
+from rtserver.scanner.sources import open_source
+from rtserver.service.atlas_registration import register_epi
+from rtserver.service.t1w_registration import register_t1w
+from rtserver.sim.known_warp import known_truth_epi, synthetic_t1w
+from rtserver.sim.phantom import build_phantom
+from rtserver.volume import Volume
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rtserver.core.registration import dice  # noqa: E402
-from rtserver.errors import InputError  # noqa: E402
-from rtserver.resources import load_atlas, load_template  # noqa: E402
-from rtserver.scanner.sources import open_source  # noqa: E402
-from rtserver.service.atlas_registration import register_epi  # noqa: E402
-from rtserver.service.t1w_registration import register_t1w  # noqa: E402
-from rtserver.sim.phantom import build_phantom  # noqa: E402
-from rtserver.volume import Volume  # noqa: E402
-from tests.test_atlas_registration import (  # noqa: E402
-    PHANTOMS,
-    REAL_SERIES,
-    _known_truth_volume,
-    _synthetic_t1w,
-)
-
 SHARED = ROOT.parent / "shared" / "data"
+
+
+def shared_series() -> tuple[list[Path], list[Path]]:
+    """The real human EPI series of the shared data, and its phantoms (as the tests use)."""
+    dicom = SHARED / "dicom"
+    humans = [p for p in sorted(dicom.iterdir()) if p.is_dir()
+              and p.name not in ("phantom", "pyneal_3vendor_3vol")]
+    humans += sorted((dicom / "pyneal_3vendor_3vol").glob("*_env"))
+    humans += sorted((SHARED / "real_task").glob("*/*_bold.nii.gz"))
+    return humans, sorted(p for p in (dicom / "phantom").iterdir() if p.is_dir())
 
 
 def real() -> None:
@@ -46,8 +49,8 @@ def real() -> None:
     print("| series | matrix | brain-mask Dice | affine alone | scaling | kept | setup (s) |")
     print("|---|---|---|---|---|---|---|")
     template, atlas = load_template(), load_atlas()
-    for name in REAL_SERIES + PHANTOMS:
-        reference = next(iter(open_source(SHARED / name, tr=2.0)))
+    for name in sum(shared_series(), []):
+        reference = next(iter(open_source(name, tr=2.0)))
         started = time.perf_counter()
         try:
             quality = register_epi(reference, template, atlas, check_rois=False).quality
@@ -57,12 +60,12 @@ def real() -> None:
         except InputError as exc:
             reason = str(exc).split("refused (")[-1].split("):")[0]
             row = f"refused: {reason} | | | | {time.perf_counter() - started:.1f}"
-        print(f"| {name} | {'x'.join(map(str, reference.shape))} | {row} |", flush=True)
+        print(f"| {name.relative_to(SHARED)} | {'x'.join(map(str, reference.shape))} | {row} |", flush=True)
 
 
 def truth() -> None:
     """Each ROI's Dice with the known truth, from the EPI alone and through a T1w."""
-    reference, labels = _known_truth_volume()
+    reference, labels = known_truth_epi()
     template, atlas = load_template(), load_atlas()
     results = {}
     for path in ("EPI alone", "with T1w"):
@@ -70,7 +73,7 @@ def truth() -> None:
         if path == "EPI alone":
             registration = register_epi(reference, template, atlas)
         else:
-            registration = register_t1w(reference, _synthetic_t1w(), template, atlas)
+            registration = register_t1w(reference, synthetic_t1w(), template, atlas)
         seconds = time.perf_counter() - started
         results[path] = (registration, seconds)
     names = results["EPI alone"][0].rois.names

@@ -13,7 +13,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from rtserver.core.atlas import label_rois
 from rtserver.core.registration import (
@@ -30,6 +29,7 @@ from rtserver.scanner.sources import open_source
 from rtserver.service.atlas_registration import register_epi
 from rtserver.service.registration_outputs import write_outputs
 from rtserver.service.t1w_registration import register_t1w
+from rtserver.sim.known_warp import known_truth_epi, synthetic_t1w
 from rtserver.volume import Volume
 
 from .conftest import SHARED_DATA
@@ -143,71 +143,16 @@ def test_phantoms_and_a_scrambled_volume_are_refused(series):
 
 
 # --------------------------------------------------------------------------- known truth
-def _to_mni(world: np.ndarray) -> np.ndarray:
-    """The known truth: subject world (mm) -> MNI (mm), an affine and a smooth warp."""
-    angle = np.deg2rad(6.0)
-    linear = np.array([[np.cos(angle), -np.sin(angle), 0.0],
-                       [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]) @ np.diag(
-                           [1.08, 1.04, 1.1])
-    mni = linear @ world + np.array([[3.0], [-4.0], [5.0]])
-    warp = np.stack([3.0 * np.sin(mni[1] / 35.0), 2.5 * np.cos(mni[0] / 40.0),
-                     2.0 * np.sin(mni[0] / 30.0 + mni[2] / 45.0)])
-    return mni + warp
-
-
-def _sample(image, image_affine, mni, shape, order):
-    inverse = np.linalg.inv(image_affine)
-    coords = inverse[:3, :3] @ mni + inverse[:3, 3:4]
-    return ndimage.map_coordinates(image, coords, order=order, mode="constant",
-                                   cval=0).reshape(shape)
-
-
-def _grid(shape, voxel, origin):
-    affine = np.diag([voxel, voxel, voxel, 1.0])
-    affine[:3, 3] = origin
-    ijk = np.indices(shape).reshape(3, -1).astype(np.float64)
-    return affine, affine[:3, :3] @ ijk + affine[:3, 3:4]
-
-
-def _synthetic_t1w(seed: int = 4) -> Volume:
-    """The MNI T1 head through the same known truth, on a 2.5 mm grid, with noise."""
-    template = load_template()
-    shape = (70, 84, 72)
-    affine, world = _grid(shape, 2.5, [-88.0, -120.0, -70.0])
-    t1 = _sample(template.t1, template.affine, _to_mni(world), shape, 1)
-    t1 = t1 * (1 + 0.02 * np.random.default_rng(seed).standard_normal(shape))
-    return Volume(t1.astype(np.float32), affine, index=0, tr=1.0)
-
-
-def _known_truth_volume(seed: int = 3):
-    """The template in EPI contrast through a known affine + smooth warp, slab, noise.
-
-    Returns the EPI volume and the true ROI labels on its grid.
-    """
-    template, atlas = load_template(), load_atlas()
-    shape = (60, 70, 34)
-    # A slab from z=-40 to z=+66 mm (the top of the head cut off).
-    affine, world = _grid(shape, 3.2, [-96.0, -125.0, -40.0])
-    mni = _to_mni(world)
-    contrast = _sample(template.epi_contrast(), template.affine, mni, shape, 1)
-    rng = np.random.default_rng(seed)
-    data = 1000.0 * contrast * (1 + 0.03 * rng.standard_normal(shape))
-    data += 20.0 * np.abs(rng.standard_normal(shape))
-    truth, _ = label_rois(_sample(atlas.labels, atlas.affine, mni, shape, 0).astype(np.int32),
-                          atlas)
-    return Volume(data.astype(np.float32), affine, index=0, tr=2.0), truth
-
-
 @pytest.fixture(scope="module")
 def known_truth():
-    reference, truth = _known_truth_volume()
+    reference, truth = known_truth_epi()
     return register_epi(reference, load_template(), load_atlas()), truth
 
 
 @pytest.fixture(scope="module")
 def known_truth_t1w():
-    reference, truth = _known_truth_volume()
-    return register_t1w(reference, _synthetic_t1w(), load_template(), load_atlas()), truth
+    reference, truth = known_truth_epi()
+    return register_t1w(reference, synthetic_t1w(), load_template(), load_atlas()), truth
 
 
 @pytest.mark.parametrize("path", ["epi", "t1w"])
