@@ -157,3 +157,39 @@ def tiny_paradigm(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("paradigm") / "tiny.toml"
     path.write_text(TINY_PARADIGM, encoding="utf-8")
     return path
+
+
+def wait_for_file(path: Path, condition, timeout: float = 60.0, alive=None) -> None:
+    """Wait until ``condition(path)`` holds, woken by file-system events (watchdog).
+
+    The condition is checked now and at every change in the file's folder; ``alive()``
+    (optional) is checked too, so a process that died fails the wait at once.
+    """
+    import threading
+
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    changed = threading.Event()
+
+    class Wake(FileSystemEventHandler):
+        def on_any_event(self, event) -> None:
+            changed.set()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    observer = Observer()
+    observer.schedule(Wake(), str(path.parent))
+    observer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not condition(path):
+            if alive is not None:
+                assert alive(), f"the process writing {path.name} has stopped"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"{path} did not reach the awaited state within {timeout} s")
+            changed.wait(min(remaining, 1.0))  # a periodic recheck guards a missed event
+            changed.clear()
+    finally:
+        observer.stop()
+        observer.join()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 
 import pytest
 
 from rtserver.paradigm import Paradigm
 
-from .conftest import command
+from .conftest import command, wait_for_file
 from .display_helpers import needs_display, read_tsv
 
 pytestmark = [pytest.mark.display, needs_display]
@@ -121,11 +120,8 @@ def test_a_display_killed_mid_run_restarts_without_losing_a_row_and_rejoins(tmp_
     bridge = processes([command("rtserver"), "send", str(run.bold), "--to", volumes,
                         "--timeout", "90"])
 
-    deadline = time.monotonic() + 60
-    while not feedback_shown(events, KILL_AFTER):
-        assert time.monotonic() < deadline, f"the display never showed volume {KILL_AFTER}"
-        assert first.proc.poll() is None, first.finish()[1]
-        time.sleep(0.05)
+    wait_for_file(events, lambda path: feedback_shown(path, KILL_AFTER), timeout=60,
+                  alive=lambda: first.proc.poll() is None)
     first.proc.kill()  # SIGKILL: no clean-up, no summary
     _, first_stderr = first.finish()
     before = events.read_bytes()

@@ -11,7 +11,6 @@ import resource
 import signal
 import socket
 import threading
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -27,7 +26,7 @@ from rtserver.service.server import Server
 from rtserver.service.session import Session
 from rtserver.sim import simulate_subject
 
-from .conftest import SIEMENS_NIFTI, command
+from .conftest import SIEMENS_NIFTI, command, wait_for_file
 
 LISTENING = r"listening: volumes (\S+), feedback (\S+), results (\S+)"
 ANY_PORT = "tcp://127.0.0.1:*"
@@ -56,14 +55,9 @@ def rows(out: Path, suffix: str = "desc-feedback_timeseries.tsv") -> list[dict]:
 
 
 def wait_for_rows(out: Path, n: int, timeout: float = 60.0) -> None:
-    """Wait until the server has recorded ``n`` feedback rows (bounded)."""
-    path = out / f"{PREFIX}_desc-feedback_timeseries.tsv"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") > n:
-            return
-        time.sleep(0.02)
-    pytest.fail(f"the server did not record {n} volumes within {timeout} s")
+    """Wait until the server has recorded ``n`` feedback rows (woken by file events)."""
+    wait_for_file(out / f"{PREFIX}_desc-feedback_timeseries.tsv",
+                  lambda path: path.exists() and path.read_bytes().count(b"\n") > n, timeout)
 
 
 def serve_command(out: Path, run, volumes: str, *extra: str) -> list[str]:
@@ -197,36 +191,55 @@ def test_a_full_disk_is_one_clear_error_feedback_goes_on_what_was_written_stays(
 
 
 class SlowSetup:
-    """Wraps a pipeline: its fit takes ``seconds`` longer and is counted."""
+    """Holds a pipeline's fit until the server has answered ``resends`` resends meanwhile.
 
-    def __init__(self, pipeline, seconds: float) -> None:
-        self.pipeline, self.seconds, self.n_fits = pipeline, seconds, 0
-        self.fit_threads: set[str] = set()
+    Setup slower than the bridge's resend timer, with no sleep: the fit is released only
+    once the socket thread has taken that many resends of the volume being set up, which
+    it can only do if the fit does not block it. Fits and their threads are counted.
+    """
+
+    def __init__(self, pipeline, resends: int) -> None:
+        self.n_fits, self.fit_threads, self.resends = 0, set(), resends
+        self.released = threading.Event()
         original = pipeline.fit
 
         def fit(reference):
             self.n_fits += 1
             self.fit_threads.add(threading.current_thread().name)
-            time.sleep(self.seconds)  # a registration's worth of setup
+            assert self.released.wait(30), "the socket thread took no resends during setup"
             return original(reference)
 
         pipeline.fit = fit
 
+    def watch(self, intake) -> None:
+        """Release the fit once ``intake`` has held ``resends`` duplicates."""
+        original = intake._is_duplicate
+
+        def is_duplicate(router, identity, index):
+            duplicate = original(router, identity, index)
+            if intake.counters.n_duplicates >= self.resends:
+                self.released.set()
+            return duplicate
+
+        intake._is_duplicate = is_duplicate
+
 
 def test_a_slow_setup_never_blocks_the_socket_and_is_done_once(tmp_path):
-    """The reference is the run's first volume and its setup takes 2.5 s, longer than the
-    bridge's 0.5 s resend timer: the fit runs once, off the socket thread; the resends are
-    held, not processed again; every volume is recorded once.
+    """The reference is the run's first volume and its setup lasts until three of the
+    bridge's resends (every 0.5 s) have been answered: the fit runs once, off the socket
+    thread; the resends are held, not processed again; every volume is recorded once.
     """
     config = Config().with_overrides(network={"volumes": ANY_PORT, "feedback": ANY_PORT,
                                               "results": ANY_PORT})
     pipeline = Session.from_config(config).pipeline()
-    slow = SlowSetup(pipeline, 2.5)
+    slow = SlowSetup(pipeline, resends=3)
     server = Server(config, tmp_path / "out", pipeline=pipeline)
     thread = ServerThread(server).start()
+    slow.watch(server.intake)
     with ScannerBridge(server.endpoints["volumes"], ack_timeout=0.5) as bridge:
         report = bridge.send_all(open_source(SIEMENS_NIFTI), interval=None)
     counters = thread.join(timeout=60)
+    assert slow.released.is_set()
     assert slow.n_fits == 1 and slow.fit_threads == {"setup"}
     assert report.n_resent >= 3 and counters.n_duplicates == report.n_resent
     assert counters.n_processed == report.n_acknowledged == len(open_source(SIEMENS_NIFTI))

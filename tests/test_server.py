@@ -102,13 +102,12 @@ def test_read_ahead_keeps_order_and_raises_a_reading_error_where_it_happened():
     assert [next(reader) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(InputError, match="volume 3 is cut short"):
         next(reader)
+    import threading
+
+    before = set(threading.enumerate())
     reader = read_ahead(iter(range(1000)), depth=2)
     assert next(reader) == 0
+    (thread,) = [t for t in set(threading.enumerate()) - before if t.name == "read-ahead"]
     reader.close()  # the consumer stops early: the reader thread ends instead of blocking
-    import threading
-    import time
-
-    deadline = time.monotonic() + 5
-    while any(t.name == "read-ahead" for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not any(t.name == "read-ahead" for t in threading.enumerate())
+    thread.join(5)
+    assert not thread.is_alive()
