@@ -151,6 +151,20 @@ def processes():
         process.kill()
 
 
+@pytest.fixture
+def served(tmp_path, blob_volume):
+    """A real server on loopback ports, with a DEALER to send it crafted messages."""
+    import zmq
+
+    from .hostile_helpers import Harness
+
+    context = zmq.Context()
+    harness = Harness(tmp_path / "out", context, blob_volume)
+    yield harness
+    harness.close()
+    context.term()
+
+
 @pytest.fixture(scope="module")
 def tiny_paradigm(tmp_path_factory) -> Path:
     """:data:`TINY_PARADIGM` as a file."""

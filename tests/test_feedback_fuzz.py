@@ -30,7 +30,7 @@ from feedback_display.subscriber import (
 from rtserver import protocol
 from rtserver.errors import ProtocolError
 
-from .test_hostile_input import ODD_VALUES, encode_json, json_values
+from .hostile_helpers import ODD_VALUES, encode_json, json_values
 
 ARRIVAL_S = 10.0
 TOPIC = protocol.FEEDBACK_TOPIC
