@@ -17,9 +17,9 @@ from rtserver.cli import error_line
 from rtserver.config import Config
 from rtserver.errors import ConfigError, InputError
 from rtserver.service.session import Session
+from rtserver.sim.known_warp import known_truth_epi, synthetic_t1w
 
 from .conftest import DATA
-from .test_atlas_registration import _known_truth_volume, _synthetic_t1w
 
 PHILIPS_PHANTOM = DATA / "dcm2niix_references" / "philips_magdeburg_phantom_3vol.nii.gz"
 
@@ -27,8 +27,8 @@ PHILIPS_PHANTOM = DATA / "dcm2niix_references" / "philips_magdeburg_phantom_3vol
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("session")
-    reference, _ = _known_truth_volume()
-    t1w = _synthetic_t1w()
+    reference, _ = known_truth_epi()
+    t1w = synthetic_t1w()
     paths = {"bold": root / "sub-01_task-rest_run-1_bold.nii.gz", "t1w": root / "sub-01_T1w.nii.gz"}
     nib.save(nib.Nifti1Image(np.asarray(reference.data), reference.affine), paths["bold"])
     nib.save(nib.Nifti1Image(np.asarray(t1w.data), t1w.affine), paths["t1w"])
